@@ -1,0 +1,230 @@
+"""Enqueue active-learning cycles on RQ, one project at a time.
+
+Coalescing (DESIGN.md principle 2): per project at most one *queued* cycle. A marker key holds
+the id of the queued job; an event that finds the marker joins that job instead of adding one.
+The worker clears the marker *before* it reads any label from Label Studio, so an event that
+arrives while a cycle runs creates exactly one follow-up, and an event that joined a queued job
+is covered by it (the annotation is in Label Studio before its webhook is sent). The marker is set
+before its job is enqueued, so for ENQUEUE_GRACE seconds a marker whose job is not queued yet is
+joined, not taken for a leftover (a burst of events would otherwise queue several). A per-project
+Redis lock keeps two workers from running the same project at once, so at most one cycle runs.
+
+Everything takes an explicit Redis connection; no module-level state.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from rq import Queue, Retry
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+
+log = logging.getLogger(__name__)
+
+JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+CYCLE_FUNC = "backend.worker.cycle_job"
+SCORE_NEW_FUNC = "backend.worker.score_new_tasks_job"
+CLEANUP_FUNC = "backend.worker.cleanup_job"
+
+#: seconds a project lock outlives its holder's last keep-alive (a worker killed mid-cycle)
+LOCK_TTL = 30
+
+#: seconds a fresh queued marker may name a job that is not in Redis yet: the marker is SET before
+#: the job is enqueued, so a concurrent event must join it rather than take it for a dead one
+ENQUEUE_GRACE = 10
+#: seconds to wait for such a job to reach the queue (an enqueue takes about a millisecond)
+ENQUEUE_SETTLE = 0.25
+
+_DONE = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
+
+# Compare-and-delete: clear the queued marker only if it still names this job.
+_CLEAR_IF_OURS = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    job_id: str
+    created: bool  # False: the request joined a cycle that was already queued
+
+
+class Jobs:
+    """The job queue of one lsal deployment (one Redis, one queue name)."""
+
+    def __init__(self, connection: redis.Redis, queue_name: str = "lsal", job_timeout: int = 3600) -> None:
+        self.redis = connection
+        self.queue_name = queue_name
+        self.job_timeout = job_timeout
+        self.queue = Queue(queue_name, connection=connection, default_timeout=job_timeout)
+        # A queued marker outlives any job that could still be waiting behind it.
+        self.marker_ttl = job_timeout * 4
+
+    def key(self, project: int, name: str) -> str:
+        return f"{self.queue_name}:project:{project}:{name}"
+
+    # -- cycles --------------------------------------------------------------------------------
+
+    def request_cycle(self, project: int, reason: str) -> Enqueued:
+        """Queue a cycle for `project` unless one is already queued (then join it)."""
+        marker = self.key(project, "queued")
+        for _ in range(3):
+            job_id = uuid.uuid4().hex
+            if self.redis.set(marker, job_id, nx=True, ex=self.marker_ttl):
+                try:
+                    self.queue.enqueue_call(
+                        CYCLE_FUNC,
+                        args=(project, reason),
+                        job_id=job_id,
+                        timeout=self.job_timeout,
+                        result_ttl=7 * 86400,
+                        failure_ttl=7 * 86400,
+                        description=f"cycle project={project} reason={reason}",
+                        meta={"project": project, "kind": "cycle", "reason": reason, "stage": "queued"},
+                        retry=Retry(max=3, interval=[5, 30, 120]),
+                    )
+                except Exception:
+                    self.redis.eval(_CLEAR_IF_OURS, 1, marker, job_id)
+                    raise
+                self.redis.delete(self.key(project, "pending"))
+                return Enqueued(job_id, True)
+            existing = self.redis.get(marker)
+            if existing is None:
+                continue  # cleared between SET and GET: the worker took it; try again
+            existing_id = existing.decode()
+            if self._is_live(existing_id) or self._being_enqueued(marker, existing_id):
+                return Enqueued(existing_id, False)
+            # A marker left behind by a job that no longer waits (its worker died before clearing it).
+            self.redis.eval(_CLEAR_IF_OURS, 1, marker, existing_id)
+        raise RuntimeError(f"could not queue a cycle for project {project}: the queued marker kept changing")
+
+    def note_annotations(self, project: int, count: int, every: int) -> Enqueued | None:
+        """Count new annotations; start a cycle once `every` have arrived since the last one."""
+        pending = int(self.redis.incrby(self.key(project, "pending"), count))
+        if pending >= every:
+            return self.request_cycle(project, "annotations")
+        return None
+
+    def claim(self, project: int, job_id: str) -> None:
+        """Called by the worker when a cycle starts: later events queue a follow-up."""
+        self.redis.eval(_CLEAR_IF_OURS, 1, self.key(project, "queued"), job_id)
+
+    def project_lock(self, project: int) -> Any:
+        """A short-lived lock that its holder keeps alive (backend.worker.held): a SIGKILLed worker's
+        lock expires after LOCK_TTL seconds instead of blocking the project for the whole job timeout."""
+        return self.redis.lock(self.key(project, "lock"), timeout=LOCK_TTL, blocking_timeout=self.job_timeout)
+
+    # -- other jobs ----------------------------------------------------------------------------
+
+    def enqueue(self, func: str, *args: Any, project: int, kind: str) -> str:
+        job_id = uuid.uuid4().hex
+        self.queue.enqueue_call(
+            func,
+            args=args,
+            job_id=job_id,
+            timeout=self.job_timeout,
+            result_ttl=86400,
+            failure_ttl=7 * 86400,
+            description=f"{kind} project={project}",
+            meta={"project": project, "kind": kind, "stage": "queued"},
+            retry=Retry(max=3, interval=[5, 30, 120]),
+        )
+        return job_id
+
+    # -- status --------------------------------------------------------------------------------
+
+    def _being_enqueued(self, marker: str, job_id: str) -> bool:
+        """Whether another request is between SETting this marker and the end of its enqueue (RQ
+        saves the job, then pushes its id): the marker is younger than ENQUEUE_GRACE and its job
+        turns up in the queue within ENQUEUE_SETTLE seconds. A job that stays "queued" outside the
+        queue list is an orphan of a Redis restart (see _is_live), not a job being enqueued. A
+        marker without a TTL was not set by request_cycle."""
+        ttl = int(self.redis.ttl(marker))
+        if ttl <= 0 or self.marker_ttl - ttl >= ENQUEUE_GRACE:
+            return False
+        deadline = time.monotonic() + ENQUEUE_SETTLE
+        while time.monotonic() < deadline:
+            time.sleep(0.005)
+            if self._is_live(job_id):
+                return True
+        return False
+
+    def _is_live(self, job_id: str) -> bool:
+        try:
+            job = Job.fetch(job_id, connection=self.redis)
+        except NoSuchJobError:
+            return False
+        status = job.get_status(refresh=False)
+        if status == JobStatus.QUEUED and self.redis.lpos(self.queue.key, job_id) is None:
+            # "queued" but not in the queue: a worker moved it to RQ's intermediate list and lost the
+            # reply (Redis restarted mid-dequeue). Nobody will run it; joining it would drop the event.
+            return False
+        return status not in _DONE
+
+    def status(self, job_id: str) -> dict[str, Any] | None:
+        if not JOB_ID_RE.match(job_id):
+            raise ValueError(f"job id must be 32 hex characters, got {job_id!r}")
+        try:
+            job = Job.fetch(job_id, connection=self.redis)
+        except NoSuchJobError:
+            return None
+        meta = job.get_meta(refresh=False) or {}
+        state = job.get_status(refresh=False)
+        error = None
+        if state != JobStatus.FINISHED:
+            # A job waiting for its retry is "scheduled" or "queued": its last failure is in RQ's
+            # results (the worker's own copy of the job overwrites meta saved by the job itself).
+            error = meta.get("error")
+            if error is None:
+                latest = job.latest_result()
+                if latest is not None and latest.type == latest.Type.FAILED:
+                    error = _last_line(latest.exc_string)
+        return {
+            "id": job.id,
+            "state": str(state.value if hasattr(state, "value") else state),
+            "kind": meta.get("kind"),
+            "project": meta.get("project"),
+            "stage": meta.get("stage"),
+            "done": meta.get("done"),
+            "total": meta.get("total"),
+            "error": error,
+            "result": job.return_value() if state == JobStatus.FINISHED else None,
+            "enqueued_at": _iso(job.enqueued_at),
+            "started_at": _iso(job.started_at),
+            "ended_at": _iso(job.ended_at),
+        }
+
+
+def progress_reporter(job: Job | None) -> Callable[[str, int, int], None]:
+    """A callback that records (stage, done, total) in the job's meta for GET /jobs/{id}."""
+
+    def report(stage: str, done: int = 0, total: int = 0) -> None:
+        if job is None:
+            return
+        job.meta.update({"stage": stage, "done": done, "total": total})
+        try:
+            job.save_meta()
+        except redis.RedisError:
+            log.warning("could not save progress of job %s", job.id)
+
+    return report
+
+
+def _last_line(text: str | None) -> str | None:
+    if not text:
+        return None
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else None
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None

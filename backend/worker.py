@@ -1,0 +1,213 @@
+"""What runs on the RQ worker: the job entry points and the worker process itself.
+
+Jobs build their dependencies from the environment the worker was started with (the same
+variables as the server) and take the Redis connection from RQ: no hidden globals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from rq import Queue, SimpleWorker, get_current_job
+from rq.job import Job
+from threadpoolctl import threadpool_limits
+
+from backend.config import Settings
+from backend.cycle import CycleDeps, cleanup_stale, run_cycle, score_new_tasks
+from backend.jobs import CLEANUP_FUNC, LOCK_TTL, Jobs, progress_reporter
+from backend.labelstudio import LabelStudioClient, LabelStudioError
+from backend.metrics import record_cycle, record_cycle_failure
+from backend.store import ModelStore
+
+log = logging.getLogger("lsal.worker")
+
+
+def _context(job: Job) -> tuple[Settings, Jobs, CycleDeps]:
+    settings = Settings.from_env()
+    jobs = Jobs(job.connection, settings.queue_name, settings.job_timeout)
+    client = LabelStudioClient(
+        settings.label_studio_url,
+        settings.label_studio_api_key,
+        timeout=settings.ls_timeout,
+        retries=settings.ls_retries,
+    )
+    deps = CycleDeps(
+        settings=settings,
+        client=client,
+        store=ModelStore(settings.model_dir, keep=settings.keep_versions),
+        progress=progress_reporter(job),
+    )
+    return settings, jobs, deps
+
+
+@contextlib.contextmanager
+def held(lock: Any, project: int) -> Iterator[None]:
+    """Keep an acquired project lock alive while the body runs, then release it.
+
+    The lock's TTL is short (LOCK_TTL): if this process dies (SIGKILL, OOM, machine loss) the lock
+    expires within LOCK_TTL seconds and the project's next cycle can run.
+    """
+    stop = threading.Event()
+
+    def keep_alive() -> None:
+        while not stop.wait(LOCK_TTL / 3):
+            try:
+                lock.reacquire()
+            except (redis.RedisError, redis.exceptions.LockError) as exc:
+                log.warning("project=%s could not extend the project lock: %s", project, type(exc).__name__)
+
+    thread = threading.Thread(target=keep_alive, name=f"lock-keepalive-{project}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        try:
+            lock.release()
+        except (redis.RedisError, redis.exceptions.LockError):
+            log.warning("project=%s lock expired or Redis unavailable at release", project)
+
+
+def _fail(job: Job, message: str) -> None:
+    job.meta["error"] = message
+    with contextlib.suppress(redis.RedisError):
+        job.save_meta()
+
+
+def cycle_job(project: int, reason: str) -> dict[str, Any]:
+    job = get_current_job()
+    assert job is not None, "cycle_job runs on an RQ worker"
+    settings, jobs, deps = _context(job)
+    jobs.claim(project, job.id)  # from here on, new events queue a follow-up cycle
+    lock = jobs.project_lock(project)
+    deps.progress("waiting_for_lock", 0, 0)
+    if not lock.acquire():
+        raise TimeoutError(f"project {project}: another worker held the project lock for the whole job timeout")
+    try:
+        # One BLAS/OpenMP thread: k-means and the fits are small, and on a 2-core machine shared
+        # with Label Studio a thread team costs far more in contention than it gains (measured:
+        # cluster_ids 0.8 s with the default team under load, 0.02 s with one thread).
+        with held(lock, project), threadpool_limits(1):
+            report = run_cycle(deps, project)
+    except LabelStudioError as exc:
+        _fail(job, f"Label Studio: {exc}")
+        record_cycle_failure(job.connection, settings.queue_name, project)
+        raise
+    except Exception as exc:
+        _fail(job, f"{type(exc).__name__}: {exc}")
+        record_cycle_failure(job.connection, settings.queue_name, project)
+        raise
+    deps.progress("done", 1, 1)
+    result = report.as_dict()
+    result["reason"] = reason
+    record_cycle(job.connection, settings.queue_name, result)  # for /metrics on any server
+    if report.version is not None:
+        result["cleanup_job"] = jobs.enqueue(CLEANUP_FUNC, project, project=project, kind="cleanup")
+    return result
+
+
+def cleanup_job(project: int) -> dict[str, int]:
+    """Off the critical path: delete stale prediction versions that lsal wrote."""
+    job = get_current_job()
+    assert job is not None
+    _, jobs, deps = _context(job)
+    lock = jobs.project_lock(project)
+    if not lock.acquire():
+        raise TimeoutError(f"project {project}: the project lock stayed held for the whole job timeout")
+    with held(lock, project):
+        return cleanup_stale(deps, project)
+
+
+def score_new_tasks_job(project: int, task_ids: list[int]) -> dict[str, object]:
+    """TASKS_CREATED: score just the new tasks with the current model (no retrain)."""
+    job = get_current_job()
+    assert job is not None
+    _, _, deps = _context(job)
+    return score_new_tasks(deps, project, task_ids)
+
+
+class LsalWorker(SimpleWorker):
+    """A SimpleWorker whose running job keeps a short heartbeat.
+
+    RQ registers a SimpleWorker's job as started for job_timeout + 60 s, so a worker killed
+    mid-cycle (SIGKILL, OOM, a lost machine) would hold its job for about an hour before RQ's
+    maintenance declares it abandoned and retries it. Here a thread renews the job's entry every
+    HEARTBEAT / 3 seconds with a TTL of HEARTBEAT + 30, and maintenance runs every
+    MAINTENANCE seconds: a killed cycle is re-run (through its Retry) within a few minutes.
+    The job timeout itself (AL_JOB_TIMEOUT) still applies.
+    """
+
+    HEARTBEAT = 60
+    MAINTENANCE = 60
+
+    def get_heartbeat_ttl(self, job: Job) -> int:
+        return self.HEARTBEAT + 30
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.HEARTBEAT / 3):
+                with contextlib.suppress(redis.RedisError):
+                    ttl = self.get_heartbeat_ttl(job)
+                    job.heartbeat(datetime.now(UTC), ttl)
+                    self.heartbeat(ttl)
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-{job.id}", daemon=True)
+        thread.start()
+        try:
+            super().execute_job(job, queue)
+        finally:
+            stop.set()
+            thread.join()
+
+
+def run_worker(redis_url: str, queue_name: str, *, burst: bool = False, name: str | None = None) -> bool:
+    """Run one RQ worker on `queue_name` until stopped (or until the queue is empty with burst).
+
+    LsalWorker runs jobs in this process instead of forking one per job: loaded libraries stay
+    warm and a cycle does not pay scikit-learn's import time. If Redis goes away (RQ's own
+    bookkeeping then raises out of the work loop), the process waits for Redis and starts a fresh
+    worker loop instead of exiting: a job cut off by the outage is re-run by RQ's maintenance.
+    """
+    connection = redis.Redis.from_url(redis_url)
+    queue = Queue(queue_name, connection=connection)
+    level = logging.getLevelName(logging.getLogger().level) or "INFO"
+    restarts = 0
+    while True:
+        worker_name = name if restarts == 0 or name is None else f"{name}-r{restarts}"
+        worker = LsalWorker(
+            [queue], connection=connection, name=worker_name, maintenance_interval=LsalWorker.MAINTENANCE
+        )
+        try:
+            result = worker.work(burst=burst, with_scheduler=True, logging_level=level)
+        except redis.ConnectionError as exc:
+            log.warning("Redis unavailable (%s)", type(exc).__name__)
+        else:
+            # A stop was asked for (SIGTERM/SIGINT): RQ records when, whether it was busy or idle.
+            if burst or worker._stop_requested or getattr(worker, "_shutdown_requested_date", None) is not None:
+                return result
+            # RQ ends its loop on an unhandled error (it logged it): typically Redis went away.
+        restarts += 1
+        log.warning("the worker loop ended unexpectedly; restarting when Redis answers (restart %d)", restarts)
+        time.sleep(1.0)  # never a hot loop, whatever the cause
+        _wait_for_redis(connection)
+
+
+def _wait_for_redis(connection: redis.Redis, max_delay: float = 5.0) -> None:
+    delay = 0.2
+    while True:
+        try:
+            connection.ping()
+            return
+        except redis.RedisError:
+            time.sleep(delay)
+            delay = min(max_delay, delay * 2)

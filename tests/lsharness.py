@@ -1,0 +1,416 @@
+"""A real Label Studio 1.23.2 for end-to-end tests.
+
+* :func:`ensure_label_studio` installs Label Studio into its own virtualenv (``$LSAL_LS_VENV``, default
+  ``~/.cache/lsal/ls-1.23.2``) unless it is there already; a file lock makes concurrent callers wait
+  for one install.
+* :func:`session_template` builds, once per process, a migrated data dir with a known user, a legacy
+  token and a personal access token (PAT): LS's first start migrates SQLite (~30-45 s).
+* :func:`start_label_studio` copies the template (``cp -a``, ~1.5 MB) and starts LS on a free port
+  (~5-10 s); :class:`LabelStudio` stops the whole process group.
+
+How the PAT is obtained: the organisation is created with ``--enable-legacy-api-token`` (so the legacy
+``--user-token`` works) and JWT API tokens stay enabled (``JWTSettings.api_tokens_enabled`` defaults
+to True), so ``POST /api/token/`` authenticated with the legacy token creates the user's PAT (a
+refresh JWT signed with the data dir's SECRET_KEY, stored in ``<data dir>/.env``, so it stays valid in
+every copy of the template).
+
+Pytest wiring (session template, one instance per module), in tests/conftest.py::
+
+    from tests.lsharness import label_studio, label_studio_template  # noqa: F401 - fixtures
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+LS_VERSION = "1.23.2"
+DEFAULT_VENV = Path.home() / ".cache" / "lsal" / f"ls-{LS_VERSION}"
+INSTALL_TIMEOUT_S = 1800.0
+FIRST_START_TIMEOUT_S = 300.0
+START_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 15.0
+_MARKER = ".lsal-installed"
+_CREDENTIALS_FILE = "lsal-harness.json"
+
+#: environment for every Label Studio the harness starts (label-studio.md §1)
+LS_ENV = {
+    "ML_BLOCK_LOCAL_IP": "false",
+    "SSRF_PROTECTION_ENABLED": "false",
+    "LATEST_VERSION_CHECK": "false",
+    "SENTRY_DSN": "",
+    "FRONTEND_SENTRY_DSN": "",
+    "COLLECT_ANALYTICS": "false",
+    "LOG_LEVEL": "INFO",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+def ls_venv() -> Path:
+    return Path(os.environ.get("LSAL_LS_VENV") or DEFAULT_VENV).expanduser()
+
+
+def _installed(venv: Path) -> bool:
+    exe = venv / "bin" / "label-studio"
+    if not exe.exists():
+        return False
+    if (venv / _MARKER).exists():
+        return True
+    # a venv installed by other means (e.g. scripts/install-label-studio.sh): check the version once
+    probe = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import importlib.metadata as m; print(m.version('label-studio'))"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if probe.returncode == 0 and probe.stdout.strip() == LS_VERSION:
+        (venv / _MARKER).write_text(LS_VERSION + "\n")
+        return True
+    return False
+
+
+def ensure_label_studio() -> Path:
+    """Path of the ``label-studio`` executable, installing Label Studio first if needed (minutes)."""
+    venv = ls_venv()
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = venv.parent / f"{venv.name}.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process installing: wait for it
+        try:
+            if not _installed(venv):
+                _install(venv)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return venv / "bin" / "label-studio"
+
+
+def _install(venv: Path) -> None:
+    if venv.exists():
+        shutil.rmtree(venv)  # a half-finished install
+    log_path = venv.parent / f"{venv.name}.install.log"
+    with open(log_path, "w") as log:
+        for cmd in (
+            [sys.executable, "-m", "venv", str(venv)],
+            [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--upgrade", "pip"],
+            [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", f"label-studio=={LS_VERSION}"],
+        ):
+            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=INSTALL_TIMEOUT_S).returncode
+            if rc != 0:
+                raise RuntimeError(f"installing Label Studio failed: {' '.join(cmd[:4])} -> {rc}; see {log_path}")
+    if not (venv / "bin" / "label-studio").exists():
+        raise RuntimeError(f"installing Label Studio left no label-studio executable; see {log_path}")
+    (venv / _MARKER).write_text(LS_VERSION + "\n")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Credentials:
+    email: str
+    password: str
+    legacy_token: str
+    pat: str | None = None
+
+
+@dataclass(frozen=True)
+class Template:
+    """A migrated Label Studio data dir with a user; copy it, never start on it."""
+
+    data_dir: Path
+    credentials: Credentials
+    first_start_s: float
+
+
+class LabelStudio:
+    """One running Label Studio: ``url``, ``legacy_token``, ``pat``, ``log_path``; ``stop()`` ends it."""
+
+    def __init__(self, executable: Path, data_dir: Path, credentials: Credentials, *, workdir: Path) -> None:
+        self.executable = executable
+        self.data_dir = data_dir
+        self.credentials = credentials
+        self.workdir = workdir
+        self.home = workdir / "home"
+        self.log_path = workdir / "label-studio.log"
+        self.port = 0
+        self.url = ""
+        self.startup_s = 0.0
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def legacy_token(self) -> str:
+        return self.credentials.legacy_token
+
+    @property
+    def pat(self) -> str | None:
+        return self.credentials.pat
+
+    @property
+    def email(self) -> str:
+        return self.credentials.email
+
+    @property
+    def password(self) -> str:
+        return self.credentials.password
+
+    def __repr__(self) -> str:
+        return f"LabelStudio(url={self.url!r}, data_dir={str(self.data_dir)!r})"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "DJANGO_"))}
+        env.pop("SECRET_KEY", None)
+        env.update(LS_ENV)
+        env["HOME"] = str(self.home)
+        env["LABEL_STUDIO_BASE_DATA_DIR"] = str(self.data_dir)
+        env["PATH"] = f"{self.executable.parent}{os.pathsep}{env.get('PATH', '')}"
+        env.pop("VIRTUAL_ENV", None)
+        return env
+
+    def start(self, timeout: float = START_TIMEOUT_S, attempts: int = 3) -> LabelStudio:
+        """Start on a free port and wait until ``GET /health`` on exactly that port answers UP."""
+        for attempt in range(attempts):
+            port = free_port()
+            if self._start_on(port, timeout):
+                return self
+            self.stop()
+            if attempt == attempts - 1:
+                break
+        raise RuntimeError(f"Label Studio did not start on a port of its own; log: {self.log_path}")
+
+    def _start_on(self, port: int, timeout: float) -> bool:
+        self.home.mkdir(parents=True, exist_ok=True)
+        c = self.credentials
+        cmd = [
+            str(self.executable), "start", "--no-browser",
+            "--internal-host", "127.0.0.1", "--port", str(port),
+            "--data-dir", str(self.data_dir),
+            # "--opt=value": a random password may start with "-", which argparse takes for an option.
+            f"--username={c.email}", f"--password={c.password}",
+            "--user-token", c.legacy_token, "--enable-legacy-api-token",
+        ]  # fmt: skip
+        t0 = time.monotonic()
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
+        try:
+            self._proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env(),
+                cwd=self.workdir,
+                start_new_session=True,  # its own process group: stop() ends LS and its children
+            )
+        finally:
+            log.close()
+        _RUNNING.add(self)
+        url = f"http://127.0.0.1:{port}"
+        banner = f"Starting development server at http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(
+                    f"Label Studio exited with {self._proc.returncode} while starting; log: {self.log_path}\n"
+                    + self.log_tail()
+                )
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                text = f.read().decode(errors="replace")
+            if "Starting development server at" in text and banner not in text:
+                return False  # LS moved to another port: port was taken meanwhile
+            if banner in text and _health(url):
+                self.port = port
+                self.url = url
+                self.startup_s = time.monotonic() - t0
+                return True
+            time.sleep(0.25)
+        raise TimeoutError(f"Label Studio not healthy on {url} after {timeout:.0f} s; log: {self.log_path}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        tail = "\n".join(text.splitlines()[-lines:])
+        for secret in (self.credentials.legacy_token, self.credentials.pat, self.credentials.password):
+            if secret:
+                tail = tail.replace(secret, "***")
+        return tail
+
+    def stop(self) -> None:
+        """Terminate the whole process group (SIGTERM, then SIGKILL after a grace period)."""
+        proc = self._proc
+        if proc is None:
+            return
+        self._proc = None
+        _RUNNING.discard(self)
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=STOP_TIMEOUT_S)
+        # children that outlived the leader
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def __enter__(self) -> LabelStudio:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+_RUNNING: set[LabelStudio] = set()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for ls in list(_RUNNING):
+        ls.stop()
+
+
+def _health(url: str) -> bool:
+    try:
+        r = requests.get(url + "/health", timeout=2)
+        return r.status_code == 200 and r.json().get("status") == "UP"
+    except (requests.RequestException, ValueError):
+        return False
+
+
+def create_pat(url: str, legacy_token: str) -> str:
+    """Create the user's personal access token (``POST /api/token/`` with the legacy token)."""
+    r = requests.post(url + "/api/token/", headers={"Authorization": f"Token {legacy_token}"}, timeout=30)
+    if r.status_code != 201:
+        raise RuntimeError(f"POST /api/token/ -> {r.status_code}: could not create a personal access token")
+    token = r.json()["token"]
+    assert isinstance(token, str)
+    return token
+
+
+def build_template(root: Path) -> Template:
+    """Migrate a fresh data dir under ``root``, create user, legacy token and PAT; LS is stopped after."""
+    executable = ensure_label_studio()
+    root.mkdir(parents=True, exist_ok=True)
+    data_dir = root / "data"
+    creds = Credentials(
+        email="lsal-test@example.com",
+        password=secrets.token_urlsafe(16),
+        legacy_token=secrets.token_hex(20),
+    )
+    ls = LabelStudio(executable, data_dir, creds, workdir=root)
+    ls.start(timeout=FIRST_START_TIMEOUT_S)
+    try:
+        creds = Credentials(creds.email, creds.password, creds.legacy_token, create_pat(ls.url, creds.legacy_token))
+    finally:
+        ls.stop()
+    (root / _CREDENTIALS_FILE).write_text(json.dumps(asdict(creds)))
+    return Template(data_dir=data_dir, credentials=creds, first_start_s=ls.startup_s)
+
+
+def start_label_studio(template: Template, workdir: Path, *, timeout: float = START_TIMEOUT_S) -> LabelStudio:
+    """Copy the template data dir into ``workdir`` and start Label Studio on it."""
+    executable = ensure_label_studio()
+    workdir.mkdir(parents=True, exist_ok=True)
+    data_dir = workdir / "data"
+    if data_dir.exists():
+        raise FileExistsError(f"{data_dir} exists: use a fresh workdir per instance")
+    subprocess.run(["cp", "-a", str(template.data_dir), str(data_dir)], check=True)
+    return LabelStudio(executable, data_dir, template.credentials, workdir=workdir).start(timeout=timeout)
+
+
+_template_lock = threading.Lock()
+_template: Template | None = None
+
+
+def session_template() -> Template:
+    """The process-wide template (built on first use into a temp dir removed at exit)."""
+    global _template
+    with _template_lock:
+        if _template is None:
+            root = Path(tempfile.mkdtemp(prefix="lsal-ls-template-"))
+            atexit.register(shutil.rmtree, root, True)
+            _template = build_template(root)
+        return _template
+
+
+# ---------------------------------------------------------------------- pytest fixtures
+
+
+@pytest.fixture(scope="session")
+def label_studio_template() -> Template:
+    return session_template()
+
+
+@pytest.fixture(scope="module")
+def label_studio(label_studio_template: Template, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudio]:
+    """One Label Studio per test module, started from a copy of the session's template."""
+    with start_label_studio(label_studio_template, tmp_path_factory.mktemp("label-studio")) as ls:
+        yield ls
+
+
+# ---------------------------------------------------------------------- test data helpers
+
+TEXT_CHOICES_CONFIG = """<View>
+  <Text name="text" value="$text"/>
+  <Choices name="label" toName="text" choice="single">
+    <Choice value="pos"/>
+    <Choice value="neg"/>
+  </Choices>
+</View>"""
+
+
+def choice_result(value: str, *, from_name: str = "label", to_name: str = "text") -> list[dict[str, Any]]:
+    return [{"from_name": from_name, "to_name": to_name, "type": "choices", "value": {"choices": [value]}}]
+
+
+def create_project(client: Any, title: str, label_config: str = TEXT_CHOICES_CONFIG, **fields: Any) -> int:
+    """Create a project through a :class:`backend.labelstudio.LabelStudioClient`; returns its id."""
+    body = client.request("POST", "/api/projects", json={"title": title, "label_config": label_config, **fields})
+    return int(body["id"])
+
+
+def import_tasks(client: Any, project: int, tasks: list[dict[str, Any]]) -> list[int]:
+    """Import task data dicts (``[{"text": ...}, ...]``); returns the new task ids in order."""
+    body = client.request("POST", f"/api/projects/{project}/import", params={"return_task_ids": "true"}, json=tasks)
+    return [int(i) for i in body["task_ids"]]
+
+
+def create_annotation(
+    client: Any, task: int, result: list[dict[str, Any]], *, was_cancelled: bool = False
+) -> dict[str, Any]:
+    body = client.request(
+        "POST", f"/api/tasks/{task}/annotations/", json={"result": result, "was_cancelled": was_cancelled}
+    )
+    assert isinstance(body, dict)
+    return body

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from backend.config import ENV_VARS, ConfigError, ProjectConfig, Settings
+
+
+def test_defaults() -> None:
+    s = Settings.from_env({})
+    assert s.label_studio_url == "http://localhost:8080"
+    assert s.redis_url == ""
+    assert s.model_dir == Path("./models")
+    assert (s.min_labels, s.retrain_every, s.queue_depth, s.keep_versions) == (10, 1, 500, 10)
+    assert s.set_sampling is True
+    assert s.basic_auth is None
+    assert s.strategy == "default"
+
+
+def test_values_are_parsed() -> None:
+    s = Settings.from_env(
+        {
+            "LABEL_STUDIO_URL": "https://ls.example.org/",
+            "REDIS_URL": "redis://cache:6379/2",
+            "AL_RETRAIN_EVERY": "5",
+            "AL_SET_SAMPLING": "false",
+            "BASIC_AUTH_USER": "ls",
+            "BASIC_AUTH_PASS": "pw",
+            "AL_STRATEGY": "entropy",
+            "LOG_FORMAT": "JSON",
+        }
+    )
+    assert s.label_studio_url == "https://ls.example.org"
+    assert s.redis_url == "redis://cache:6379/2"
+    assert s.retrain_every == 5
+    assert s.set_sampling is False
+    assert s.basic_auth == ("ls", "pw")
+    assert s.strategy == "entropy"
+    assert s.log_format == "json"
+
+
+@pytest.mark.parametrize(
+    ("env", "field", "fragment"),
+    [
+        ({"AL_RETRAIN_EVERY": "often"}, "AL_RETRAIN_EVERY", "expected an integer >= 1, got 'often'"),
+        ({"AL_RETRAIN_EVERY": "0"}, "AL_RETRAIN_EVERY", "got 0"),
+        ({"AL_MIN_LABELS": "1"}, "AL_MIN_LABELS", "got 1"),
+        ({"AL_SET_SAMPLING": "maybe"}, "AL_SET_SAMPLING", "expected true or false, got 'maybe'"),
+        ({"LABEL_STUDIO_URL": "localhost:8080"}, "LABEL_STUDIO_URL", "expected a URL starting with http://"),
+        ({"REDIS_URL": "http://x"}, "REDIS_URL", "redis://"),
+        ({"AL_STRATEGY": "clever"}, "AL_STRATEGY", "unknown strategy 'clever'; valid names: least_confidence"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT", "expected one of text, json, got 'xml'"),
+        ({"LS_TIMEOUT": "-1"}, "LS_TIMEOUT", "expected a number > 0.0"),
+        ({"BASIC_AUTH_USER": "u"}, "BASIC_AUTH_PASS", "must be set together"),
+        ({"RQ_QUEUE": "a b"}, "RQ_QUEUE", "expected 1-64 letters"),
+    ],
+)
+def test_bad_values_name_the_variable(env: dict[str, str], field: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    assert info.value.field == field
+    assert str(info.value).startswith(f"{field}: ")
+    assert fragment in str(info.value)
+
+
+def test_secret_values_are_not_echoed() -> None:
+    s = Settings.from_env({"LABEL_STUDIO_API_KEY": "sekrit-123", "AL_TRIGGER_TOKEN": "tok-456"})
+    assert "sekrit-123" not in repr(s)
+    assert "tok-456" not in repr(s)
+
+
+def test_every_env_var_has_a_default_and_meaning() -> None:
+    names = [v.name for v in ENV_VARS]
+    assert len(names) == len(set(names))
+    assert all(v.meaning for v in ENV_VARS)
+
+
+def test_project_overrides() -> None:
+    base = ProjectConfig.defaults(Settings.from_env({}))
+    cfg = base.with_extra_params({"strategy": "entropy", "queue_depth": "50", "set_sampling": False})
+    assert (cfg.strategy, cfg.queue_depth, cfg.set_sampling, cfg.min_labels) == ("entropy", 50, False, 10)
+    assert base.with_extra_params(None) is base
+
+
+@pytest.mark.parametrize(
+    ("extra", "field", "fragment"),
+    [
+        ({"strategy": "best"}, "extra_params.strategy", "valid names: least_confidence, margin"),
+        ({"queue_depth": "-3"}, "extra_params.queue_depth", "got -3"),
+        ({"colour": "blue"}, "extra_params.colour", "unknown setting"),
+        ({"strategy": ["margin"]}, "extra_params.strategy", "expected a scalar"),
+    ],
+)
+def test_bad_extra_params(extra: dict, field: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        ProjectConfig().with_extra_params(extra)
+    assert info.value.field == field
+    assert fragment in str(info.value)

@@ -1,0 +1,126 @@
+"""Coalescing and job status against a real Redis (no worker: jobs stay queued)."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import redis
+from rq import Queue
+from rq.job import Job
+
+from backend.jobs import CYCLE_FUNC, ENQUEUE_GRACE, Enqueued, Jobs
+
+
+@pytest.fixture
+def jobs(redis_conn: redis.Redis, queue_name: str) -> Jobs:
+    return Jobs(redis_conn, queue_name, job_timeout=60)
+
+
+def test_second_request_joins_the_queued_cycle(jobs: Jobs) -> None:
+    first = jobs.request_cycle(7, "train")
+    second = jobs.request_cycle(7, "annotations")
+    assert first.created is True
+    assert second.created is False
+    assert second.job_id == first.job_id
+    queue = Queue(jobs.queue_name, connection=jobs.redis)
+    assert queue.job_ids == [first.job_id]
+    job = Job.fetch(first.job_id, connection=jobs.redis)
+    assert job.func_name == CYCLE_FUNC
+    assert job.args == (7, "train")
+    assert job.meta["project"] == 7
+
+
+def test_projects_do_not_coalesce_with_each_other(jobs: Jobs) -> None:
+    a = jobs.request_cycle(1, "train")
+    b = jobs.request_cycle(2, "train")
+    assert a.created and b.created and a.job_id != b.job_id
+
+
+def test_claimed_cycle_lets_the_next_event_queue_exactly_one_follow_up(jobs: Jobs) -> None:
+    first = jobs.request_cycle(3, "train")
+    jobs.claim(3, first.job_id)  # the worker started it
+    follow = [jobs.request_cycle(3, "annotations") for _ in range(5)]
+    assert follow[0].created is True
+    assert {f.job_id for f in follow} == {follow[0].job_id}
+    assert follow[0].job_id != first.job_id
+
+
+def test_claim_by_an_old_job_does_not_clear_a_newer_marker(jobs: Jobs) -> None:
+    first = jobs.request_cycle(4, "train")
+    jobs.claim(4, first.job_id)
+    second = jobs.request_cycle(4, "train")
+    jobs.claim(4, first.job_id)  # a retried old job must not release the new marker
+    assert jobs.request_cycle(4, "train").job_id == second.job_id
+
+
+def test_stale_marker_of_a_vanished_job_is_replaced(jobs: Jobs) -> None:
+    jobs.redis.set(jobs.key(5, "queued"), "f" * 32)
+    enq = jobs.request_cycle(5, "train")
+    assert enq.created is True
+    assert enq.job_id != "f" * 32
+
+
+def test_a_fresh_marker_whose_job_is_still_being_enqueued_is_joined(jobs: Jobs) -> None:
+    # Another request has SET the marker; its job reaches the queue a moment later.
+    marker, pending = jobs.key(8, "queued"), "e" * 32
+    jobs.redis.set(marker, pending, ex=jobs.marker_ttl)
+    late = threading.Timer(0.05, lambda: jobs.queue.enqueue_call(CYCLE_FUNC, args=(8, "train"), job_id=pending))
+    late.start()
+    enq = jobs.request_cycle(8, "annotations")
+    late.join()
+    assert enq == Enqueued(pending, False)
+    assert Queue(jobs.queue_name, connection=jobs.redis).job_ids == [pending]
+
+
+def test_a_fresh_marker_whose_job_never_arrives_is_replaced(jobs: Jobs) -> None:
+    # The request that SET it died before enqueueing, or its job is an orphan of a Redis restart.
+    marker, pending = jobs.key(10, "queued"), "d" * 32
+    jobs.redis.set(marker, pending, ex=jobs.marker_ttl)
+    enq = jobs.request_cycle(10, "annotations")
+    assert enq.created is True and enq.job_id != pending
+    # Past the grace a leftover is replaced at once.
+    jobs.redis.set(marker, pending, ex=jobs.marker_ttl - ENQUEUE_GRACE - 1)
+    again = jobs.request_cycle(10, "annotations")
+    assert again.created is True and again.job_id not in (pending, enq.job_id)
+
+
+def test_concurrent_requests_queue_exactly_one_cycle(jobs: Jobs) -> None:
+    """50 threads, 20 requests each, each thread with its own connection (as HTTP processes have)."""
+    pool = jobs.redis.connection_pool  # thread-safe; every request takes its own connection
+    barrier = threading.Barrier(50)
+
+    def burst(_: int) -> set[str]:
+        mine = Jobs(redis.Redis(connection_pool=pool), jobs.queue_name, job_timeout=jobs.job_timeout)
+        barrier.wait()
+        return {mine.request_cycle(9, "annotations").job_id for _ in range(20)}
+
+    with ThreadPoolExecutor(50) as ex:
+        ids = set().union(*ex.map(burst, range(50)))
+    queued = Queue(jobs.queue_name, connection=jobs.redis).job_ids
+    assert len(queued) == 1 and ids == set(queued), (len(queued), len(ids))
+
+
+def test_retrain_every_counts_annotations(jobs: Jobs) -> None:
+    assert jobs.note_annotations(9, 1, every=3) is None
+    assert jobs.note_annotations(9, 1, every=3) is None
+    enq = jobs.note_annotations(9, 1, every=3)
+    assert enq is not None and enq.created
+    assert jobs.redis.get(jobs.key(9, "pending")) is None  # the counter restarts with the cycle
+
+
+def test_status_of_a_queued_job(jobs: Jobs) -> None:
+    enq = jobs.request_cycle(11, "train")
+    status = jobs.status(enq.job_id)
+    assert status is not None
+    assert status["state"] == "queued"
+    assert status["project"] == 11
+    assert status["stage"] == "queued"
+    assert status["error"] is None
+
+
+def test_status_rejects_malformed_ids_and_misses_unknown_ones(jobs: Jobs) -> None:
+    with pytest.raises(ValueError, match="32 hex characters, got '../x'"):
+        jobs.status("../x")
+    assert jobs.status("0" * 32) is None

@@ -1,0 +1,232 @@
+"""Security: auth, limits, path validation, XML attacks, SSRF, secrets in logs.
+
+Docstrings feed docs/reliability.md (scripts/reliability_table.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import redis
+import requests
+from fastapi.testclient import TestClient
+
+from backend.config import Settings
+from backend.server import build_app
+from backend.store import ModelStore, StoreError
+from tests.conftest import LsalServer, WorkerProcess, wait_for
+from tests.faultstand import FaultStand
+
+REPO = Path(__file__).resolve().parent.parent
+SPAM_XML = (REPO / "label_config" / "spam.xml").read_text()
+PASSWORD = "s3cret-basic-pass-xyz"
+TRIGGER = "trigger-token-abcdef123"
+
+
+def _app(settings: Settings, **kw: Any) -> TestClient:
+    return TestClient(build_app(replace(settings, **kw)), raise_server_exceptions=False)
+
+
+def test_basic_auth_and_trigger_token_enforced_in_constant_time(
+    settings: Settings, redis_conn: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault: requests without, or with wrong, Basic auth / trigger token
+    Done: every route with no, wrong and right credentials; hmac.compare_digest spied
+    Expected: 401 JSON without the right credentials on every route; comparisons through hmac.compare_digest
+    Observed: as expected
+    """
+    import backend.server as server
+
+    calls: list[tuple[bytes, bytes]] = []
+    real = server.hmac.compare_digest
+
+    def spy(a: Any, b: Any) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(server.hmac, "compare_digest", spy)
+    c = _app(settings, basic_auth_user="ls", basic_auth_pass=PASSWORD, trigger_token=TRIGGER)
+    good = "Basic " + base64.b64encode(f"ls:{PASSWORD}".encode()).decode()
+    bad = "Basic " + base64.b64encode(b"ls:wrong").decode()
+    routes = [("GET", "/health"), ("POST", "/setup"), ("POST", "/predict"), ("POST", "/webhook"),
+              ("GET", "/metrics"), ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/projects/1/status"),
+              ("GET", "/jobs/" + "0" * 32)]  # fmt: skip
+    for method, path in routes:
+        for header in ({}, {"Authorization": bad}, {"Authorization": "Bearer " + TRIGGER}):
+            r = c.request(method, path, headers=header, json={})
+            assert r.status_code == 401 and r.json()["field"] == "authorization", (method, path, header)
+        assert c.request(method, path, headers={"Authorization": good}, json={}).status_code != 401
+    assert calls, "credentials are compared with hmac.compare_digest"
+    # /train: the trigger token, compared in constant time too
+    assert c.post("/train", json={"project": 1}, headers={"Authorization": "Bearer nope"}).status_code == 401
+    n = len(calls)
+    assert c.post("/train", json={"project": 1}, headers={"Authorization": f"Bearer {TRIGGER}"}).status_code == 202
+    assert len(calls) > n
+
+
+def test_body_and_task_count_limits(settings: Settings, redis_conn: redis.Redis) -> None:
+    """Fault: oversized bodies (declared and chunked) and too many tasks
+    Done: bodies over MAX_BODY_BYTES with and without Content-Length; MAX_TASKS + 1 tasks
+    Expected: 413 JSON before any handler runs; the server keeps answering
+    Observed: as expected
+    """
+    c = _app(settings, max_body_bytes=4096, max_tasks=3)
+    big = b'{"tasks": [' + b'{"id": 1, "data": {"text": "' + b"x" * 5000 + b'"}}]}'
+    assert c.post("/predict", content=big, headers={"content-type": "application/json"}).status_code == 413
+
+    def chunks() -> Iterator[bytes]:
+        yield big[:3000]
+        yield big[3000:]
+
+    assert c.post("/webhook", content=chunks()).status_code == 413
+    tasks = [{"id": i, "data": {"text": "hi"}} for i in range(4)]
+    r = c.post("/predict", json={"tasks": tasks, "project": 1, "label_config": SPAM_XML})
+    assert r.status_code == 413 and r.json()["field"] == "tasks"
+    assert c.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize("project", ["../1", "..%2F1", "1/../../etc", "%2e%2e", "1\x00", "-1", "٣", "1e3", " 1"])
+def test_project_ids_cannot_leave_model_dir(settings: Settings, redis_conn: redis.Redis, project: str) -> None:
+    """Fault: project ids and versions crafted to escape MODEL_DIR (../, encoded, NUL, non-ASCII digits)
+    Done: the ids in /setup, /predict, /projects/{id}/status, learning-curve; versions in ModelStore
+    Expected: 4xx naming the field; no file outside MODEL_DIR is read or created
+    Observed: as expected
+    """
+    c = _app(settings)
+    before = set(settings.model_dir.parent.rglob("*")) if settings.model_dir.parent.exists() else set()
+    assert c.post("/setup", json={"project": project, "schema": SPAM_XML}).status_code in (400, 404, 422)
+    body = {"tasks": [{"id": 1, "data": {"text": "x"}}], "project": project, "label_config": SPAM_XML}
+    assert c.post("/predict", json=body).status_code == 400
+    raw = quote(project, safe="./%")
+    for path in (f"/projects/{raw}/status", f"/projects/{raw}/learning-curve.png"):
+        assert c.get(path).status_code in (400, 404)
+    after = set(settings.model_dir.parent.rglob("*")) if settings.model_dir.parent.exists() else set()
+    assert all(p.is_relative_to(settings.model_dir) for p in after - before)
+    store = ModelStore(settings.model_dir)
+    for version in ("../v1-20250101T000000Z", "v1-20250101T000000Z/../../x", "v1", project):
+        with pytest.raises(StoreError):
+            store.path(1, version)
+
+
+XML_ATTACKS = {
+    "billion laughs": '<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;&a;">]>'
+    '<View><Text name="t" value="$text"/><Choices name="c" toName="t"><Choice value="&b;"/></Choices></View>',
+    "external entity": '<?xml version="1.0"?><!DOCTYPE v [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+    '<View><Text name="t" value="$text"/><Choices name="c" toName="t"><Choice value="&x;"/></Choices></View>',
+    "external DTD": '<?xml version="1.0"?><!DOCTYPE v SYSTEM "http://127.0.0.1:9/evil.dtd">'
+    '<View><Text name="t" value="$text"/><Choices name="c" toName="t"><Choice value="a"/></Choices></View>',
+    "oversized": "<View>" + "<Header value='x'/>" * 80_000 + "</View>",
+}
+
+
+@pytest.mark.parametrize("attack", list(XML_ATTACKS))
+def test_xml_attacks_rejected(settings: Settings, redis_conn: redis.Redis, attack: str) -> None:
+    """Fault: hostile label configs (billion laughs, external entity, external DTD, > 1 MB)
+    Done: each through /setup and /predict
+    Expected: 400 naming label_config; no entity expanded, nothing fetched
+    Observed: as expected
+    """
+    c = _app(settings)
+    xml = XML_ATTACKS[attack]
+    r = c.post("/setup", json={"project": 1, "schema": xml})
+    assert r.status_code in (400, 413) and r.json()["field"] in ("label_config", "body"), r.text
+    body = {"tasks": [{"id": 1, "data": {"text": "x"}}], "project": 1, "label_config": xml}
+    r = c.post("/predict", json=body)
+    assert r.status_code in (400, 413) and "root:" not in r.text
+
+
+class _Recorder:
+    """A listener standing for 'another host': it records every connection made to it."""
+
+    def __init__(self) -> None:
+        self.hits: list[str] = []
+        rec = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                rec.hits.append(self.path)
+                self.send_response(200)
+                self.end_headers()
+
+            do_POST = do_PATCH = do_DELETE = do_GET
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.mark.integration
+def test_setup_naming_another_host_causes_no_request_to_it(
+    settings: Settings, tmp_path: Path, redis_conn: redis.Redis
+) -> None:
+    """Fault: /setup names another host (hostname, access_token) - an SSRF attempt
+    Done: /setup with hostname = a recording listener, then START_TRAINING; a real server and worker run a cycle
+    Expected: the cycle talks only to LABEL_STUDIO_URL; the named host receives no request; the token is never logged
+    Observed: as expected
+    """
+    evil = _Recorder()
+    with FaultStand("legacy-key-0123456789abcdef") as ls:
+        ids = ls.add_project(7, SPAM_XML, [f"message {i} win prize" if i % 2 else f"see you at {i}" for i in range(30)])
+        for i in range(12):
+            ls.annotate(7, ids[i], "spam" if i % 2 else "no_spam")
+        s = replace(settings, label_studio_url=ls.url, label_studio_api_key="legacy-key-0123456789abcdef",
+                    min_labels=6, queue_depth=5, ls_retries=0)  # fmt: skip
+        server = LsalServer(s, tmp_path / "server.log")
+        worker = WorkerProcess(s, tmp_path / "worker.log")
+        try:
+            token = "legacy-token-of-the-attacker-98765"
+            body = {"project": "7.1700000000", "schema": SPAM_XML, "hostname": evil.url, "access_token": token}
+            r = requests.post(f"{server.url}/setup", timeout=10, json=body)
+            assert r.status_code == 200
+            r = requests.post(f"{server.url}/webhook", timeout=10,
+                              json={"action": "START_TRAINING", "project": {"id": 7}})  # fmt: skip
+            job = r.json()["job_id"]
+            wait_for(lambda: requests.get(f"{server.url}/jobs/{job}", timeout=5).json()["state"] == "finished",
+                     120, 0.3, "the cycle")  # fmt: skip
+            assert ls.calls_to("GET", r"/api/projects/7/export"), "the cycle called the configured Label Studio"
+            assert ls.project_version(7).startswith("v")
+            assert evil.hits == [], f"lsal called the host named in /setup: {evil.hits}"
+        finally:
+            worker.stop()
+            server.stop()
+            evil.httpd.shutdown()
+        for log in (server.log(), worker.log()):
+            assert token not in log and "legacy-key-0123456789abcdef" not in log
+
+
+@pytest.mark.integration
+def test_secrets_never_logged(settings: Settings, tmp_path: Path, redis_conn: redis.Redis) -> None:
+    """Fault: every configured secret and request credential passed through a DEBUG-level server
+    Done: Basic auth (right and wrong), trigger token, /setup access_token, API key; server log scanned
+    Expected: no secret (plain or base64) appears in the log
+    Observed: as expected
+    """
+    s = replace(settings, basic_auth_user="ls", basic_auth_pass=PASSWORD, trigger_token=TRIGGER,
+                label_studio_api_key="api-key-never-logged-777")  # fmt: skip
+    server = LsalServer(s, tmp_path / "server.log", extra_env={"LOG_LEVEL": "DEBUG"})
+    try:
+        auth = ("ls", PASSWORD)
+        requests.get(f"{server.url}/health", auth=("ls", "wrong-password-555"), timeout=5)
+        requests.post(f"{server.url}/setup", auth=auth, timeout=5,
+                      json={"project": 2, "schema": SPAM_XML, "access_token": "setup-token-444"})  # fmt: skip
+        requests.post(f"{server.url}/train", json={"project": 2}, timeout=5,
+                      headers={"Authorization": f"Bearer {TRIGGER}"})  # fmt: skip
+        requests.post(f"{server.url}/predict?token=query-secret-333", auth=auth, timeout=5, json={})
+    finally:
+        server.stop()
+    text = server.log()
+    b64 = base64.b64encode(f"ls:{PASSWORD}".encode()).decode()
+    for secret in (PASSWORD, TRIGGER, "api-key-never-logged-777", "setup-token-444", "wrong-password-555", b64,
+                   "query-secret-333"):  # fmt: skip
+        assert secret not in text, f"{secret[:4]}... reached the server log"

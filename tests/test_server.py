@@ -1,0 +1,387 @@
+"""HTTP tests: the Label Studio protocol, replayed payloads, auth and every bad-input case.
+
+Uses a real Redis (fixtures in conftest.py). Webhook payloads are the ones captured from a real
+Label Studio 1.23.2 in ../shared/fixtures/label_studio_1.23.2_webhooks.json.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from rq import Queue
+
+from backend.config import Settings
+from backend.labelconfig import parse_label_config
+from backend.learner import Learner
+from backend.server import UNTRAINED, Guard, create_app
+from backend.store import ModelStore
+from tests.conftest import FIXTURES
+
+REPO = Path(__file__).resolve().parent.parent
+SPAM_XML = (REPO / "label_config" / "spam.xml").read_text()
+WEBHOOKS = json.loads((FIXTURES / "label_studio_1.23.2_webhooks.json").read_text())
+FIXTURE_XML = WEBHOOKS["START_TRAINING"]["project"]["label_config"]
+
+
+def client_for(settings: Settings) -> TestClient:
+    return TestClient(Guard(create_app(settings), settings), raise_server_exceptions=True)
+
+
+@pytest.fixture
+def client(settings: Settings, redis_conn: redis.Redis) -> TestClient:
+    return client_for(settings)
+
+
+def setup_body(project: Any = "3.1763717060", schema: str = SPAM_XML, extra: dict | None = None) -> dict:
+    return {
+        "project": project,
+        "schema": schema,
+        "hostname": "http://localhost:8080",
+        "access_token": "legacy-token-never-logged",
+        "extra_params": extra,
+    }
+
+
+def publish_spam_model(settings: Settings, project: int = 3) -> str:
+    spec = parse_label_config(SPAM_XML)
+    texts = [
+        "WINNER!! claim your free prize now, call 09061701461",
+        "Free entry in 2 a wkly comp to win FA Cup final tkts, text FA to 87121",
+        "URGENT! You have won a 1 week FREE membership, call now",
+        "Congratulations you won cash! reply WIN to claim",
+        "Are you coming to dinner tonight?",
+        "I'll call you later, in a meeting",
+        "Ok lar... joking wif u oni",
+        "See you at the station at 6",
+    ]
+    y = ["spam"] * 4 + ["no_spam"] * 4
+    learner = Learner(spec, seed=0).fit(texts, y)
+    store = ModelStore(settings.model_dir, keep=settings.keep_versions)
+    return store.publish(project, learner.save, {"n_labels": len(y)})
+
+
+def assert_error(resp: Any, status: int, field: str | None) -> dict:
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error", "field"}
+    assert body["field"] == field
+    assert body["error"]
+    return body
+
+
+# -- /health and /setup ------------------------------------------------------------------------
+
+
+def test_health(client: TestClient) -> None:
+    resp = client.get("/health")
+    assert resp.status_code == 200
+    body = resp.json()
+    assert body["status"] == "UP"
+    assert body["redis"] == "ok"
+    assert body["model_store"] == "ok"
+
+
+def test_health_reports_redis_down_but_stays_up(settings: Settings) -> None:
+    down = replace(settings, redis_url="redis://127.0.0.1:1/0")
+    body = client_for(down).get("/health").json()
+    assert body["status"] == "UP"
+    assert body["redis"] == "unavailable"
+
+
+def test_setup_returns_untrained_then_the_current_version(client: TestClient, settings: Settings) -> None:
+    resp = client.post("/setup", json=setup_body())
+    assert resp.status_code == 200
+    assert resp.json() == {"model_version": UNTRAINED}
+    version = publish_spam_model(settings)
+    assert client.post("/setup", json=setup_body()).json() == {"model_version": version}
+    saved = json.loads((settings.model_dir / "3" / "project.json").read_text())
+    assert saved["label_config"] == SPAM_XML
+    assert "legacy-token-never-logged" not in json.dumps(saved)
+
+
+def test_setup_accepts_the_fixture_config_and_extra_params(client: TestClient, settings: Settings) -> None:
+    resp = client.post(
+        "/setup", json=setup_body(project="1.1763717060", schema=FIXTURE_XML, extra={"strategy": "entropy"})
+    )
+    assert resp.status_code == 200
+    saved = json.loads((settings.model_dir / "1" / "project.json").read_text())
+    assert saved["extra_params"] == {"strategy": "entropy"}
+
+
+def test_setup_rejects_unsupported_config(client: TestClient) -> None:
+    xml = '<View><Image name="img" value="$image"/><Choices name="c" toName="img"><Choice value="a"/></Choices></View>'
+    body = assert_error(client.post("/setup", json=setup_body(schema=xml)), 400, "label_config")
+    assert "Choices" in body["error"]
+
+
+def test_setup_rejects_unknown_strategy_listing_valid_names(client: TestClient) -> None:
+    body = assert_error(
+        client.post("/setup", json=setup_body(extra={"strategy": "magic"})), 400, "extra_params.strategy"
+    )
+    assert "least_confidence" in body["error"] and "random" in body["error"]
+
+
+@pytest.mark.parametrize("project", ["abc", "-1.5", "1/../../etc", "", "0"])
+def test_setup_rejects_bad_project_ids(client: TestClient, project: str) -> None:
+    assert_error(client.post("/setup", json=setup_body(project=project)), 400, "project")
+
+
+def test_setup_missing_schema(client: TestClient) -> None:
+    body = setup_body()
+    del body["schema"]
+    assert_error(client.post("/setup", json=body), 400, "schema")
+
+
+# -- /predict ----------------------------------------------------------------------------------
+
+
+def predict_body(texts: list[str], project: Any = "3.1763717060", config: str | None = SPAM_XML) -> dict:
+    return {
+        "tasks": [{"id": 100 + i, "data": {"text": t}, "project": 3} for i, t in enumerate(texts)],
+        "project": project,
+        "label_config": config,
+        "params": {"login": None, "password": None, "context": None},
+    }
+
+
+def test_predict_before_any_model_answers_one_empty_entry_per_task(client: TestClient) -> None:
+    resp = client.post("/predict", json=predict_body(["a", "b", "c"]))
+    assert resp.status_code == 200
+    assert resp.json() == {"results": [[], [], []]}
+
+
+def test_predict_with_a_model(client: TestClient, settings: Settings) -> None:
+    version = publish_spam_model(settings)
+    texts = ["FREE prize! call now to claim your cash", "see you at dinner tonight", "ok"]
+    resp = client.post("/predict", json=predict_body(texts))
+    assert resp.status_code == 200
+    results = resp.json()["results"]
+    assert len(results) == 3
+    for r in results:
+        assert r["model_version"] == version
+        assert 0.0 <= r["score"] <= 1.0
+        (item,) = r["result"]
+        assert (item["from_name"], item["to_name"]) == ("label", "text")  # spam.xml's control and object
+        assert item["type"] == "choices"
+        assert len(item["value"]["choices"]) == 1
+    assert results[0]["result"][0]["value"]["choices"] == ["spam"]
+    assert results[1]["result"][0]["value"]["choices"] == ["no_spam"]
+
+
+def test_predict_serves_a_newly_published_version_without_restart(client: TestClient, settings: Settings) -> None:
+    first = publish_spam_model(settings)
+    assert client.post("/predict", json=predict_body(["x"])).json()["results"][0]["model_version"] == first
+    second = publish_spam_model(settings)
+    assert second != first
+    assert client.post("/predict", json=predict_body(["x"])).json()["results"][0]["model_version"] == second
+
+
+def test_predict_uses_the_setup_config_when_the_request_has_none(client: TestClient, settings: Settings) -> None:
+    client.post("/setup", json=setup_body())
+    publish_spam_model(settings)
+    resp = client.post("/predict", json=predict_body(["win cash now"], config=None))
+    assert resp.status_code == 200
+    assert len(resp.json()["results"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("mutate", "status", "field"),
+    [
+        (lambda b: b.update(tasks=[]), 400, "tasks"),
+        (lambda b: b.pop("tasks"), 400, "tasks"),
+        (lambda b: b.update(tasks="nope"), 400, "tasks"),
+        (lambda b: b["tasks"][0].pop("id"), 400, "tasks[0].id"),
+        (lambda b: b["tasks"][1].update(id="x"), 400, "tasks[1].id"),
+        (lambda b: b["tasks"][0].update(data=None), 400, "tasks[0].data"),
+        (lambda b: b["tasks"][1].update(data={"other": "key"}), 400, "tasks[1].data.text"),
+        (lambda b: b.update(project="banana"), 400, "project"),
+        (lambda b: b.update(project=None, tasks=[{"id": 1, "data": {"text": "a"}}]), 400, "project"),
+        (lambda b: b.update(label_config="<View><Text"), 400, "label_config"),
+        (lambda b: b.update(label_config=None, project="99"), 400, "label_config"),
+    ],
+)
+def test_predict_bad_input(client: TestClient, mutate: Any, status: int, field: str) -> None:
+    body = copy.deepcopy(predict_body(["a", "b"]))
+    mutate(body)
+    assert_error(client.post("/predict", json=body), status, field)
+
+
+def test_predict_task_count_limit(settings: Settings, redis_conn: redis.Redis) -> None:
+    client = client_for(replace(settings, max_tasks=2))
+    assert_error(client.post("/predict", json=predict_body(["a", "b", "c"])), 413, "tasks")
+
+
+# -- bodies, JSON, size ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/setup", "/predict", "/webhook", "/train"])
+def test_malformed_json(client: TestClient, path: str) -> None:
+    resp = client.post(path, content=b"{not json", headers={"content-type": "application/json"})
+    assert_error(resp, 400, "body")
+
+
+@pytest.mark.parametrize("path", ["/setup", "/predict", "/webhook", "/train"])
+def test_json_that_is_not_an_object(client: TestClient, path: str) -> None:
+    resp = client.post(path, json=[1, 2, 3])
+    assert resp.status_code == 400
+    assert resp.json()["field"]
+
+
+def test_body_over_the_limit(settings: Settings, redis_conn: redis.Redis) -> None:
+    client = client_for(replace(settings, max_body_bytes=2048))
+    resp = client.post("/predict", json=predict_body(["x" * 5000]))
+    assert_error(resp, 413, "body")
+    # chunked upload without Content-Length is counted too
+    resp = client.post("/webhook", content=iter([b"{" + b" " * 3000 + b"}"]))
+    assert_error(resp, 413, "body")
+    assert client.get("/health").status_code == 200
+
+
+# -- /webhook ------------------------------------------------------------------------------------
+
+
+def queued_ids(settings: Settings, conn: redis.Redis) -> list[str]:
+    return Queue(settings.queue_name, connection=conn).job_ids
+
+
+def test_webhook_replayed_annotation_created_queues_a_cycle(
+    client: TestClient, settings: Settings, redis_conn: redis.Redis
+) -> None:
+    resp = client.post("/webhook", json=WEBHOOKS["ANNOTATION_CREATED"])
+    assert resp.status_code == 200
+    body = resp.json()
+    assert body["status"] == "queued"
+    assert body["action"] == "ANNOTATION_CREATED"
+    assert queued_ids(settings, redis_conn) == [body["job_id"]]
+    # a second event joins the queued cycle
+    again = client.post("/webhook", json=WEBHOOKS["ANNOTATION_CREATED"]).json()
+    assert again == {"status": "joined", "action": "ANNOTATION_CREATED", "job_id": body["job_id"]}
+    assert queued_ids(settings, redis_conn) == [body["job_id"]]
+
+
+def test_webhook_replayed_start_training(client: TestClient, settings: Settings, redis_conn: redis.Redis) -> None:
+    body = client.post("/webhook", json=WEBHOOKS["START_TRAINING"]).json()
+    assert body["status"] == "queued"
+    assert queued_ids(settings, redis_conn) == [body["job_id"]]
+
+
+def test_webhook_skip_is_ignored(client: TestClient, settings: Settings, redis_conn: redis.Redis) -> None:
+    skip = copy.deepcopy(WEBHOOKS["ANNOTATION_CREATED"])
+    skip["annotation"]["was_cancelled"] = True
+    assert client.post("/webhook", json=skip).json() == {"status": "ignored", "action": "ANNOTATION_CREATED"}
+    assert queued_ids(settings, redis_conn) == []
+
+
+@pytest.mark.parametrize("action", ["PROJECT_UPDATED", "LABEL_LINK_CREATED", "SOMETHING_NEW"])
+def test_webhook_ignored_actions(client: TestClient, settings: Settings, redis_conn: redis.Redis, action: str) -> None:
+    payload = copy.deepcopy(WEBHOOKS["START_TRAINING"])
+    payload["action"] = action
+    assert client.post("/webhook", json=payload).json() == {"status": "ignored", "action": action}
+    assert queued_ids(settings, redis_conn) == []
+
+
+def test_webhook_annotations_deleted_and_bulk_created(
+    client: TestClient, settings: Settings, redis_conn: redis.Redis
+) -> None:
+    deleted = {"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 4}], "project": {"id": 5}}
+    body = client.post("/webhook", json=deleted).json()
+    assert body["status"] == "queued"
+    bulk = {"action": "ANNOTATIONS_CREATED", "annotations": [{"id": 1}, {"id": 2}], "project": {"id": 6}}
+    assert client.post("/webhook", json=bulk).json()["status"] == "queued"
+    assert len(queued_ids(settings, redis_conn)) == 2
+
+
+def test_webhook_retrain_every(settings: Settings, redis_conn: redis.Redis) -> None:
+    client = client_for(replace(settings, retrain_every=3))
+    statuses = [client.post("/webhook", json=WEBHOOKS["ANNOTATION_CREATED"]).json()["status"] for _ in range(4)]
+    assert statuses == ["counted", "counted", "queued", "counted"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({}, "action"),
+        ({"action": 3}, "action"),
+        ({"action": "START_TRAINING"}, "project.id"),
+        ({"action": "START_TRAINING", "project": {"id": "abc"}}, "project.id"),
+        ({"action": "START_TRAINING", "project": 5}, "project.id"),
+        ({"action": "ANNOTATION_CREATED", "project": {"id": 1}, "annotation": "x"}, "annotation"),
+        ({"action": "ANNOTATIONS_CREATED", "project": {"id": 1}, "annotations": 5}, "annotations"),
+    ],
+)
+def test_webhook_bad_input(client: TestClient, payload: dict, field: str) -> None:
+    assert_error(client.post("/webhook", json=payload), 400, field)
+
+
+def test_webhook_when_redis_is_down_answers_fast_with_a_reason(settings: Settings) -> None:
+    client = client_for(replace(settings, redis_url="redis://127.0.0.1:1/0"))
+    resp = client.post("/webhook", json=WEBHOOKS["ANNOTATION_CREATED"])
+    body = assert_error(resp, 503, None)
+    assert "redis unavailable" in body["error"]
+    assert client.get("/health").json()["redis"] == "unavailable"
+
+
+# -- /train, /jobs, auth --------------------------------------------------------------------------
+
+
+def test_train_and_job_status(client: TestClient, settings: Settings, redis_conn: redis.Redis) -> None:
+    resp = client.post("/train", json={"project": 12})
+    assert resp.status_code == 202
+    job_id = resp.json()["job_id"]
+    assert resp.json()["created"] is True
+    status = client.get(f"/jobs/{job_id}").json()
+    assert status["state"] == "queued" and status["project"] == 12
+    assert_error(client.get("/jobs/" + "0" * 32), 404, "job_id")
+    assert_error(client.get("/jobs/not-a-job"), 400, "job_id")
+
+
+@pytest.mark.parametrize("body", [{"project": "x"}, {"project": 0}, {}, {"project": 1.5}])
+def test_train_bad_input(client: TestClient, body: dict) -> None:
+    assert_error(client.post("/train", json=body), 400, "project")
+
+
+def test_trigger_token(settings: Settings, redis_conn: redis.Redis) -> None:
+    client = client_for(replace(settings, trigger_token="t0ken"))
+    assert_error(client.post("/train", json={"project": 1}), 401, "authorization")
+    resp = client.post("/train", json={"project": 1}, headers={"Authorization": "Bearer wrong"})
+    body = assert_error(resp, 401, "authorization")
+    assert "t0ken" not in body["error"]
+    assert client.post("/train", json={"project": 1}, headers={"Authorization": "Bearer t0ken"}).status_code == 202
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def test_basic_auth_on_every_endpoint(settings: Settings, redis_conn: redis.Redis) -> None:
+    client = client_for(replace(settings, basic_auth_user="ls", basic_auth_pass="s3cret"))
+    calls = [
+        ("get", "/health", None),
+        ("post", "/setup", setup_body()),
+        ("post", "/predict", predict_body(["a"])),
+        ("post", "/webhook", WEBHOOKS["START_TRAINING"]),
+        ("post", "/train", {"project": 1}),
+        ("get", "/openapi.json", None),
+    ]
+    for method, path, body in calls:
+        resp = getattr(client, method)(path, json=body) if body is not None else getattr(client, method)(path)
+        assert_error(resp, 401, "authorization")
+        assert resp.headers["www-authenticate"] == 'Basic realm="lsal"'
+        wrong = getattr(client, method)(path, headers=basic("ls", "nope"), **({"json": body} if body else {}))
+        assert wrong.status_code == 401
+        ok = getattr(client, method)(path, headers=basic("ls", "s3cret"), **({"json": body} if body else {}))
+        assert ok.status_code in (200, 202), (path, ok.text)
+
+
+def test_openapi_document_lists_the_protocol(client: TestClient) -> None:
+    doc = client.get("/openapi.json").json()
+    for path in ("/health", "/setup", "/predict", "/webhook", "/train", "/jobs/{job_id}", "/projects/{project}/status"):
+        assert path in doc["paths"], path
