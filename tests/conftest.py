@@ -185,6 +185,21 @@ def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = "cond
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last value: {last!r})")
 
 
+def cycles_idle(settings: Settings) -> bool:
+    """No cycle queued or running in the settings' queue (cleanup jobs may be; they publish nothing).
+
+    End-to-end tests read "the" live version only once this holds: coalescing allows one
+    follow-up cycle while one runs, and it may publish a newer version at any moment until then.
+    """
+    from rq import Queue
+    from rq.job import Job
+
+    conn = redis.Redis.from_url(settings.redis_url)
+    queue = Queue(settings.queue_name, connection=conn)
+    ids = queue.job_ids + queue.started_job_registry.get_job_ids()
+    return not any((j.meta or {}).get("kind") == "cycle" for j in Job.fetch_many(ids, connection=conn) if j)
+
+
 # A real Label Studio 1.23.2 (session template, one instance per module): see tests/lsharness.py.
 from tests.lsharness import label_studio, label_studio_template  # noqa: E402,F401
 

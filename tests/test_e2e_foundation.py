@@ -21,7 +21,7 @@ import redis
 from backend.config import Settings
 from backend.labelstudio import LabelStudioClient
 from backend.store import ModelStore
-from tests.conftest import DATASETS, LsalServer, WorkerProcess, wait_for
+from tests.conftest import DATASETS, LsalServer, WorkerProcess, cycles_idle, wait_for
 from tests.lsharness import LabelStudio, choice_result, create_annotation, create_project, import_tasks
 
 pytestmark = [pytest.mark.e2e]
@@ -92,8 +92,11 @@ def test_connect_annotate_train_predict(stack: tuple[LabelStudioClient, Settings
     meta = store.metadata(project)
     assert meta["label_counts"] == {"no_spam": 4, "spam": 4}
 
-    # The queue follows the newest version once the cycle finished (coalesced follow-ups may publish more).
+    # The queue follows the newest version once the cycle finished. A coalesced follow-up cycle may
+    # publish a newer one, so "the" version is read only once no cycle is queued or running.
     def switched() -> str | None:
+        if not cycles_idle(settings):
+            return None
         current = store.current(project)
         info = client.get_project(project)
         return current if info["model_version"] == current and info["sampling"] == "Uncertainty sampling" else None
