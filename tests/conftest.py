@@ -192,11 +192,14 @@ def cycles_idle(settings: Settings) -> bool:
     follow-up cycle while one runs, and it may publish a newer version at any moment until then.
     """
     from rq import Queue
+    from rq.intermediate_queue import IntermediateQueue
     from rq.job import Job
 
     conn = redis.Redis.from_url(settings.redis_url)
     queue = Queue(settings.queue_name, connection=conn)
-    ids = queue.job_ids + queue.started_job_registry.get_job_ids()
+    # A worker LMOVEs a job to the intermediate list before registering it as started.
+    moving = IntermediateQueue(queue.key, conn).get_job_ids()
+    ids = queue.job_ids + moving + queue.started_job_registry.get_job_ids()
     return not any((j.meta or {}).get("kind") == "cycle" for j in Job.fetch_many(ids, connection=conn) if j)
 
 
