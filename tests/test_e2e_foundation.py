@@ -122,7 +122,15 @@ def test_connect_annotate_train_predict(stack: tuple[LabelStudioClient, Settings
         assert item["value"]["choices"][0] in ("spam", "no_spam")
         assert 0.0 <= mine[0]["score"] <= 1.0
 
-    # The next task Label Studio serves is the unlabeled one with the lowest score of the current version.
+    # The next task Label Studio serves is the unlabeled one with the lowest score of the current version,
+    # once the cleanup job has deleted earlier versions: LS's cluster rule counts a labeled task's
+    # cluster from any of its predictions, including a stale version's.
+    wait_for(
+        lambda: {v for v, n in client.model_versions(project).items() if n > 0} == {version},
+        120,
+        0.5,
+        "stale lsal versions to be deleted",
+    )
     nxt = client.next_task(project)
     scored = {
         p["task"]: p["score"]
