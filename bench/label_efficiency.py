@@ -466,7 +466,8 @@ below) unless a bullet says otherwise:
   k-means on the 10 x batch best, nearest-to-centre picks, 0.723 (95%); a quarter or half of each
   batch drawn at random, 0.714 (70%) / 0.716 (65%). On digits: Zhdanov 0.933 (99% at 230); one
   cluster per pick on the 10 x / 3 x batch best by margin 0.928 (220) / 0.928 (200), but cutting the
-  candidates lowers sentiment's win-rate (above), and Zhdanov's picks would not agree with the
+  candidates to 10 x batch lowers sentiment's win-rate to 75% (above; 3 x was not run on sentiment,
+  and it is closer to plain margin, 70% there), and Zhdanov's picks would not agree with the
   `cluster` field Label Studio serves by.
 - **Threads.** On this shared 2-core machine scikit-learn's k-means in `cluster_ids` took 0.8 s per call
   for 10 rows with its default OpenMP thread team and 0.02 s with one thread; `lsal simulate` runs every
