@@ -66,6 +66,19 @@ def test_pointwise_selection_is_the_top_of_the_measure(learner: Learner, sms: tu
     assert clusters.shape == (25,)
 
 
+@pytest.mark.parametrize(("depth", "expected"), [(12, 12), (80, cycle.MAX_CLUSTERS)])
+def test_diversity_takes_one_cluster_per_pick_up_to_the_cap(
+    learner: Learner, sms: tuple[list[str], list[str]], depth: int, expected: int
+) -> None:
+    """Cluster-margin: as many clusters as picks (at most MAX_CLUSTERS), each pick from its own cluster."""
+    pool = sms[0][100:1100]
+    order, _, clusters, *_ = cycle.select_for_queue(learner, pool, "diversity", depth, seed=0, multi_label=False)
+    assert len(order) == depth
+    first_round = clusters[:expected]
+    assert len(set(first_round.tolist())) == expected  # the first `expected` picks: one per cluster
+    assert len(set(clusters.tolist())) == expected
+
+
 @pytest.mark.parametrize("name", ["diversity", "coreset", "density", "expected_error", "variance_reduction"])
 def test_pool_level_strategies_pick_distinct_tasks(
     learner: Learner, sms: tuple[list[str], list[str]], name: str

@@ -88,7 +88,7 @@ def test_cold_start_then_queue_follows_the_newest_version(stack: Stack) -> None:
     stack.annotate([0, 1])
     # Both annotations' webhooks may each run a cold-start cycle; the order to check is the last one.
     seeded = wait_for(
-        lambda: _idle(stack) and [c for c in stack.cycles() if c["status"] == "cold_start"],
+        lambda: cycles_idle(stack.settings) and [c for c in stack.cycles() if c["status"] == "cold_start"],
         120,
         0.5,
         "a cold-start cycle and no cycle left",
@@ -123,7 +123,7 @@ def test_cold_start_then_queue_follows_the_newest_version(stack: Stack) -> None:
     # last webhooks may have queued one follow-up cycle (coalescing allows one while one runs), so
     # the version to check is whichever is live once no cycle is left.
     def settled_and_only_current_left() -> str | None:
-        if not _idle(stack):
+        if not cycles_idle(stack.settings):
             return None
         version = trained_and_live()
         present = {v for v, n in ls.model_versions(project).items() if n > 0}
@@ -169,7 +169,7 @@ def test_a_flood_of_webhooks_runs_at_most_two_cycles(stack: Stack) -> None:
         "a trained version",
     )
     # Let every cycle the annotations started finish before the flood.
-    wait_for(lambda: _idle(stack), 120, 1.0, "the worker to go idle")
+    wait_for(lambda: cycles_idle(stack.settings), 120, 1.0, "the worker to go idle")
     before = len(stack.cycles())
 
     event = {"action": "ANNOTATION_CREATED", "project": {"id": stack.project}, "annotation": {"id": 1}}
@@ -194,7 +194,9 @@ def test_a_flood_of_webhooks_runs_at_most_two_cycles(stack: Stack) -> None:
         t.join()
     flood = time.monotonic() - start
     assert errors == []
-    wait_for(lambda: len(stack.cycles()) > before and _idle(stack), 180, 1.0, "the flood's cycles to finish")
+    wait_for(
+        lambda: len(stack.cycles()) > before and cycles_idle(stack.settings), 180, 1.0, "the flood's cycles to finish"
+    )
     ran = stack.cycles()[before:]
     # Coalescing: one cycle queued at most while one runs, so the cycles a flood causes are bounded
     # by how many cycle durations it spans: two when it is shorter than a cycle (the issue's
@@ -202,10 +204,6 @@ def test_a_flood_of_webhooks_runs_at_most_two_cycles(stack: Stack) -> None:
     shortest = min(sum(c["timings"].values()) for c in ran)
     bound = 2 if flood <= shortest else 1 + math.ceil(flood / shortest)
     assert 1 <= len(ran) <= bound, f"200 events in {flood:.2f} s ran {len(ran)} cycles (shortest {shortest:.2f} s)"
-
-
-def _idle(stack: Stack) -> bool:
-    return cycles_idle(stack.settings)
 
 
 def test_new_tasks_are_scored_without_a_retrain(stack: Stack) -> None:
@@ -218,7 +216,7 @@ def test_new_tasks_are_scored_without_a_retrain(stack: Stack) -> None:
         return v if ok and stack.ls.get_project(stack.project)["model_version"] == v else None
 
     wait_for(live, 180, 0.5, "a live trained version")
-    wait_for(lambda: _idle(stack), 120, 1.0, "the worker to go idle")
+    wait_for(lambda: cycles_idle(stack.settings), 120, 1.0, "the worker to go idle")
     # After any follow-up cycle the last webhooks queued: the version that stays.
     version = wait_for(live, 60, 0.5, "the settled version to be live")
     cycles_before = len(stack.cycles())
