@@ -284,7 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=9090)
     p.add_argument("--workers", type=int, default=1, help="embedded RQ workers (only without REDIS_URL)")
     p.add_argument(
-        "--http-workers", type=int, default=max(1, min(2, os.cpu_count() or 1)),
+        "--http-workers",
+        type=int,
+        default=max(1, min(2, os.cpu_count() or 1)),
         help="HTTP server processes sharing the port (default: one per core, at most 2)",
     )
     p.set_defaults(func=cmd_serve)
@@ -334,6 +336,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-

@@ -317,8 +317,15 @@ def _score_and_write(
     depth = min(config.queue_depth, len(ids))
     with _stage(report, progress, "score"):
         order, info, clusters, labels, report.pool_uncertainty = select_for_queue(
-            learner, inputs, name, depth, seed=settings.seed, multi_label=spec.multi_label,
-            labeled_inputs=ts.inputs, labeled_y=ts.y, progress=progress,
+            learner,
+            inputs,
+            name,
+            depth,
+            seed=settings.seed,
+            multi_label=spec.multi_label,
+            labeled_inputs=ts.inputs,
+            labeled_y=ts.y,
+            progress=progress,
         )
     assert report.version is not None
     predictions = [
@@ -441,7 +448,10 @@ def _write(deps: CycleDeps, project: int, report: CycleReport, predictions: list
         report.status = "partial_write"
         log.warning(
             "project=%s Label Studio stored %d of %d predictions of %s; the queue stays on the previous version",
-            project, report.created, report.written, report.version,
+            project,
+            report.created,
+            report.written,
+            report.version,
         )
 
 
@@ -556,8 +566,12 @@ def score_new_tasks(deps: CycleDeps, project: int, task_ids: Sequence[int]) -> d
     info = strategies.informativeness(measure, inp)
     labels = learner.predict_labels(proba)
     predictions = [
-        {"task": ids[i], "result": choices_result(spec, labels[i]), "score": float(1.0 - info[i]),
-         "model_version": version}
+        {
+            "task": ids[i],
+            "result": choices_result(spec, labels[i]),
+            "score": float(1.0 - info[i]),
+            "model_version": version,
+        }
         for i in range(len(ids))
     ]
     created = deps.client.import_predictions(project, predictions, chunk_size=IMPORT_CHUNK)

@@ -110,7 +110,7 @@ def parse_label_config(xml: str) -> TaskSpec:
             continue
         value = (target.get("value") or "").strip()
         if not value.startswith("$") or len(value) < 2:
-            problems.append(f"<{target.tag} name={to_name!r}> has value={value!r}; expected value=\"$key\"")
+            problems.append(f'<{target.tag} name={to_name!r}> has value={value!r}; expected value="$key"')
             continue
         if (target.get("valueType") or "").lower() == "url":
             problems.append(f'<{target.tag} name={to_name!r}> has valueType="url"; lsal needs the text inline')

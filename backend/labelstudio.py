@@ -332,8 +332,7 @@ class LabelStudioClient:
                 why = "" if retryable else " (not retried: the request may have been applied)"
                 raise LabelStudioUnavailable(
                     self._redact(
-                        f"{method} {path} -> no answer from Label Studio at {self.url}: "
-                        f"{type(exc).__name__}{why}"
+                        f"{method} {path} -> no answer from Label Studio at {self.url}: {type(exc).__name__}{why}"
                     ),
                     method=method,
                     path=path,
@@ -510,9 +509,7 @@ class LabelStudioClient:
             )
         out: list[dict[str, Any]] = []
         for task in body:
-            annotations = [
-                {k: a[k] for k in ANNOTATION_FIELDS if k in a} for a in task.get("annotations") or []
-            ]
+            annotations = [{k: a[k] for k in ANNOTATION_FIELDS if k in a} for a in task.get("annotations") or []]
             if not annotations:
                 continue
             out.append(
@@ -527,9 +524,7 @@ class LabelStudioClient:
 
     # ------------------------------------------------------------------ predictions
 
-    def import_predictions(
-        self, project: int, predictions: Sequence[dict[str, Any]], *, chunk_size: int = 5000
-    ) -> int:
+    def import_predictions(self, project: int, predictions: Sequence[dict[str, Any]], *, chunk_size: int = 5000) -> int:
         """Bulk-create predictions; returns how many Label Studio created.
 
         Items: ``{"task": id, "result": [...], "score": float, "model_version": "v"}``. Sent in chunks
@@ -650,11 +645,7 @@ def _error_detail(resp: requests.Response) -> str:
         text = json.dumps(body, ensure_ascii=False, default=str)
     else:
         ctype = resp.headers.get("Content-Type", "")
-        text = (
-            f"non-JSON answer ({ctype or 'no content type'}, {len(resp.content)} bytes)"
-            if resp.content
-            else ""
-        )
+        text = f"non-JSON answer ({ctype or 'no content type'}, {len(resp.content)} bytes)" if resp.content else ""
     if len(text) > _MAX_DETAIL_CHARS:
         text = text[:_MAX_DETAIL_CHARS] + "…"
     return text

@@ -214,9 +214,18 @@ class _Constant:
 class Learner:
     """fit / transform / predict_proba / committee_proba for one TaskSpec."""
 
-    def __init__(self, spec: TaskSpec, *, seed: int = 0, committee_size: int = 3, C: float | None = None,
-                 max_features: int = 200_000, fit_intercept: bool = True, soft_vote: bool = False,
-                 number_shapes: bool = True) -> None:
+    def __init__(
+        self,
+        spec: TaskSpec,
+        *,
+        seed: int = 0,
+        committee_size: int = 3,
+        C: float | None = None,
+        max_features: int = 200_000,
+        fit_intercept: bool = True,
+        soft_vote: bool = False,
+        number_shapes: bool = True,
+    ) -> None:
         if committee_size < 2:
             raise ValueError(f"committee_size must be >= 2, got {committee_size}")
         if C is not None and not C > 0:
@@ -245,8 +254,13 @@ class Learner:
         if self.spec.kind == "text":
             self._vectorizer = TfidfVectorizer(
                 # Unigrams: same 50-label quality as 1-2-grams on SMS spam, ~30% faster to featurize.
-                ngram_range=(1, 1), sublinear_tf=True, min_df=1, max_features=self.max_features,
-                dtype=np.float32, strip_accents="unicode", lowercase=True,
+                ngram_range=(1, 1),
+                sublinear_tf=True,
+                min_df=1,
+                max_features=self.max_features,
+                dtype=np.float32,
+                strip_accents="unicode",
+                lowercase=True,
                 # Keep one-character tokens ("u", "2", "x"): short messages have few words to spare.
                 token_pattern=r"(?u)\b\w+\b",
                 # A preprocessor replaces sklearn's lowercase/strip_accents; shape_numbers does both.
@@ -394,8 +408,10 @@ class Learner:
         """(m, n, k) member probabilities (multi-label: (m, n, L))."""
         if self.spec.multi_label:
             return np.stack(
-                [np.column_stack([self._member_proba(m[i], X) for m in self._members])
-                 for i in range(self.committee_size)]
+                [
+                    np.column_stack([self._member_proba(m[i], X) for m in self._members])
+                    for i in range(self.committee_size)
+                ]
             )
         return np.stack([self._member_proba(m, X) for m in self._members])
 
@@ -416,8 +432,15 @@ class Learner:
         path = Path(path)
         joblib.dump(self, path / ARTIFACT, compress=3)
         (path / "learner.json").write_text(
-            json.dumps({"classes": list(self.classes_), "kind": self.spec.kind, "multi_label": self.spec.multi_label,
-                        "committee_size": self.committee_size, "C": self.C})
+            json.dumps(
+                {
+                    "classes": list(self.classes_),
+                    "kind": self.spec.kind,
+                    "multi_label": self.spec.multi_label,
+                    "committee_size": self.committee_size,
+                    "C": self.C,
+                }
+            )
         )
 
     @classmethod
@@ -426,4 +449,3 @@ class Learner:
         if not isinstance(learner, cls):
             raise TypeError(f"{path} does not hold a Learner")
         return learner
-

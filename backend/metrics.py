@@ -121,7 +121,7 @@ def record_cycle(connection: redis.Redis, queue_name: str, report: Mapping[str, 
     status = _label(report.get("status"))
     timings: dict[str, float] = {}
     raw_timings = report.get("timings")
-    for stage, raw in (raw_timings.items() if isinstance(raw_timings, Mapping) else ()):
+    for stage, raw in raw_timings.items() if isinstance(raw_timings, Mapping) else ():
         if (seconds := _number(raw)) is not None:
             timings[_label(stage)] = seconds
     total = sum(timings.values())
@@ -217,9 +217,7 @@ class _DerivedCollector:
             yield from families
         yield from self._per_project(last, failures)
 
-    def _from_redis(
-        self, conn: redis.Redis
-    ) -> tuple[list[Metric], dict[int, dict[str, Any]], dict[int, float]]:
+    def _from_redis(self, conn: redis.Redis) -> tuple[list[Metric], dict[int, dict[str, Any]], dict[int, float]]:
         queue = Queue(self.owner.queue_name, connection=conn)
         registries = {
             "started": queue.started_job_registry,
@@ -300,10 +298,12 @@ class _DerivedCollector:
         created = GaugeMetricFamily(
             "lsal_model_created_timestamp_seconds", "When the served version was published", labels=["project"]
         )
-        accuracy = GaugeMetricFamily("lsal_model_cv_accuracy", "Cross-validated accuracy of the served version",
-                                     labels=["project"])
-        macro_f1 = GaugeMetricFamily("lsal_model_cv_macro_f1", "Cross-validated macro-F1 of the served version",
-                                     labels=["project"])
+        accuracy = GaugeMetricFamily(
+            "lsal_model_cv_accuracy", "Cross-validated accuracy of the served version", labels=["project"]
+        )
+        macro_f1 = GaugeMetricFamily(
+            "lsal_model_cv_macro_f1", "Cross-validated macro-F1 of the served version", labels=["project"]
+        )
         labeled = GaugeMetricFamily(
             "lsal_labeled_tasks", "Usable labels seen by the last cycle (else by the served model)", labels=["project"]
         )

@@ -158,9 +158,7 @@ class Guard:
         self.app = app
         self.limit = settings.max_body_bytes
         auth = settings.basic_auth
-        self.expected = (
-            b"Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()) if auth is not None else None
-        )
+        self.expected = b"Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()) if auth is not None else None
         self.trigger = settings.trigger_token.encode() if settings.trigger_token else None
 
     async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[dict]], send: Callable) -> None:
@@ -170,7 +168,9 @@ class Guard:
         headers = dict(scope.get("headers") or [])
         if self.expected is not None and not self._authorized(scope, headers.get(b"authorization", b"")):
             await _send_json(
-                send, 401, {"error": "authentication required", "field": "authorization"},
+                send,
+                401,
+                {"error": "authentication required", "field": "authorization"},
                 extra=[(b"www-authenticate", b'Basic realm="lsal"')],
             )
             return
@@ -544,4 +544,3 @@ def build_app(settings: Settings | None = None) -> Any:
     settings = settings or Settings.from_env()
     app = create_app(settings)
     return instrument(Guard(app, settings), app)
-

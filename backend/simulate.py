@@ -213,8 +213,9 @@ def build_dataset(
             raise SimulationError(f"text column {text_column!r} not in the file; columns: {', '.join(columns)}")
         if spec is None:
             spec = TaskSpec("label", "text", text_column, tuple(sorted(set(y))), False, "text", "Text")
-        datas: list[dict[str, Any]] = [{spec.data_key: "" if r.get(text_column) is None else r[text_column]}
-                                       for r in keep]
+        datas: list[dict[str, Any]] = [
+            {spec.data_key: "" if r.get(text_column) is None else r[text_column]} for r in keep
+        ]
         feats: list[str] | None = None
     else:
         if feature_columns:
@@ -546,7 +547,10 @@ def simulate(cfg: SimulationConfig, progress: TextIO | None = None) -> dict[str,
     """Run the simulation described by ``cfg``; returns the curves.json document (and writes it if ``out``)."""
     names = check_config(cfg)
     ds = build_dataset(
-        cfg.data, cfg.label_column, text_column=cfg.text_column, feature_columns=cfg.feature_columns,
+        cfg.data,
+        cfg.label_column,
+        text_column=cfg.text_column,
+        feature_columns=cfg.feature_columns,
         label_config=cfg.label_config,
     )
     pool_idx, test_idx = split(ds.y, cfg.test_fraction, cfg.seed)
@@ -735,11 +739,20 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--label-column", required=True, metavar="COL")
     inp = p.add_mutually_exclusive_group()
     inp.add_argument("--text-column", metavar="COL", help="text input (a Text task)")
-    inp.add_argument("--feature-columns", metavar="A,B,...", type=_csv_list,
-                     help="numeric inputs (a tabular task); default: every other column, if all numeric")
+    inp.add_argument(
+        "--feature-columns",
+        metavar="A,B,...",
+        type=_csv_list,
+        help="numeric inputs (a tabular task); default: every other column, if all numeric",
+    )
     p.add_argument("--label-config", metavar="XML", help="a Label Studio label config (e.g. label_config/spam.xml)")
-    p.add_argument("--strategies", required=True, type=_csv_list, metavar="NAME,...",
-                   help=f"any of: {', '.join(strategies.STRATEGY_NAMES)}")
+    p.add_argument(
+        "--strategies",
+        required=True,
+        type=_csv_list,
+        metavar="NAME,...",
+        help=f"any of: {', '.join(strategies.STRATEGY_NAMES)}",
+    )
     p.add_argument("--initial", type=int, default=20, help="labels in the random initial set (default 20)")
     p.add_argument("--batch", type=int, default=10, help="labels asked per step (default 10)")
     p.add_argument("--budget", type=int, default=200, help="total labels at the end, initial set included")
@@ -747,8 +760,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=0.25)
     p.add_argument("--seed", type=int, default=0, help="test split seed; repeat r uses seed + r")
     p.add_argument("--jobs", type=int, default=1, help="worker processes over (strategy, repeat)")
-    p.add_argument("--learner-param", action="append", default=[], type=_learner_param, metavar="KEY=VALUE",
-                   help="a Learner setting to try instead of its default, e.g. C=1 (repeatable)")
+    p.add_argument(
+        "--learner-param",
+        action="append",
+        default=[],
+        type=_learner_param,
+        metavar="KEY=VALUE",
+        help="a Learner setting to try instead of its default, e.g. C=1 (repeatable)",
+    )
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_simulate)

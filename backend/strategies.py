@@ -66,6 +66,7 @@ def pointwise_measure(name: str) -> str:
     is pointwise, else its base measure, margin (pool-level strategies need the whole pool)."""
     return name if name in POINTWISE else "margin"
 
+
 Features = np.ndarray | sp.csr_matrix | sp.csr_array
 
 # Rows whose probabilities sum to 1 within this tolerance are accepted; float32 models drift ~1e-6.

@@ -105,8 +105,10 @@ class Bench:
         from rq import Queue
 
         queue = Queue(self.settings.queue_name, connection=self.redis)
-        return queue.count == 0 and len(queue.started_job_registry.get_job_ids()) == 0 and not self.redis.exists(
-            f"{self.queue_name}:project:{self.project}:queued"
+        return (
+            queue.count == 0
+            and len(queue.started_job_registry.get_job_ids()) == 0
+            and not self.redis.exists(f"{self.queue_name}:project:{self.project}:queued")
         )
 
     def wait(self, predicate: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
@@ -140,9 +142,14 @@ class Bench:
         from tests.lsharness import create_project, session_template, start_label_studio
 
         args = self.args
-        out: dict[str, Any] = {"bench": "freshness", "tasks": args.tasks, "cpus": os.cpu_count(),
-                               "load_start": os.getloadavg(), "poll_mode": args.poll_mode,
-                               "backend_path": str(REPO / "backend")}
+        out: dict[str, Any] = {
+            "bench": "freshness",
+            "tasks": args.tasks,
+            "cpus": os.cpu_count(),
+            "load_start": os.getloadavg(),
+            "poll_mode": args.poll_mode,
+            "backend_path": str(REPO / "backend"),
+        }
         for item in args.ls_env:  # e.g. a Label Studio feature flag; the harness passes os.environ on
             key, _, value = item.partition("=")
             os.environ[key] = value
@@ -162,7 +169,9 @@ class Bench:
         for start in range(0, len(data), args.import_chunk):
             tc = time.perf_counter()
             body = self.client.request(
-                "POST", f"/api/projects/{self.project}/import", params={"return_task_ids": "true"},
+                "POST",
+                f"/api/projects/{self.project}/import",
+                params={"return_task_ids": "true"},
                 json=[{"text": txt} for txt, _ in data[start : start + args.import_chunk]],
             )
             ids += [int(i) for i in body["task_ids"]]
@@ -196,8 +205,17 @@ class Bench:
         t = time.perf_counter()
         for tid in sorted(spam + ham):
             self.annotate(tid)
-        self.wait(lambda: self.idle() and self.model_version() and not self.model_version().startswith("seed-")
-                  and self.model_version() != "lsal", args.timeout, "a trained version live (warm-up)", 0.5)
+        self.wait(
+            lambda: (
+                self.idle()
+                and self.model_version()
+                and not self.model_version().startswith("seed-")
+                and self.model_version() != "lsal"
+            ),
+            args.timeout,
+            "a trained version live (warm-up)",
+            0.5,
+        )
         out["warmup_seconds"] = round(time.perf_counter() - t, 1)
         warm = cycle_history(self.settings.model_dir, self.project)
         out["warmup_cycles"] = [{"status": c.get("status"), "timings": c.get("timings")} for c in warm]
@@ -223,16 +241,27 @@ class Bench:
                 self.annotate(int(nxt["id"]))
                 ack = time.perf_counter() - t0
                 if args.poll_mode == "ls":
-                    version = self.wait(lambda b=before: (v := self.model_version()) != b and v, args.timeout,
-                                        "model_version to change", args.poll)
+                    version = self.wait(
+                        lambda b=before: (v := self.model_version()) != b and v,
+                        args.timeout,
+                        "model_version to change",
+                        args.poll,
+                    )
                     live = time.perf_counter() - t0
                 else:
                     # Watch the cycle log (a local file): no extra load on Label Studio, whose
                     # GET /api/projects/{id} takes ~1.4 s on a 100k-task project. The cycle records
                     # `finished_at` right after its switch PATCH returned, so live = finished_at - t0.
-                    rec = self.wait(lambda s=seen: [c for c in cycle_history(self.settings.model_dir, self.project)[s:]
-                                             if c.get("version") and c.get("finished_at")],
-                                    args.timeout, "a new cycle record", 0.05)[0]
+                    rec = self.wait(
+                        lambda s=seen: [
+                            c
+                            for c in cycle_history(self.settings.model_dir, self.project)[s:]
+                            if c.get("version") and c.get("finished_at")
+                        ],
+                        args.timeout,
+                        "a new cycle record",
+                        0.05,
+                    )[0]
                     version = rec["version"]
                     live = datetime.fromisoformat(rec["finished_at"]).timestamp() - wall0
                     now = self.model_version()
@@ -254,8 +283,10 @@ class Bench:
                     "stage_sum_s": round(sum(timings.values()), 3),
                 }
                 samples.append(sample)
-                _err(f"depth {depth} #{k + 1}: live after {live:.2f} s (stages {sample['stage_sum_s']} s: "
-                     f"{timings}), cleanup {settled - live:.1f} s more")
+                _err(
+                    f"depth {depth} #{k + 1}: live after {live:.2f} s (stages {sample['stage_sum_s']} s: "
+                    f"{timings}), cleanup {settled - live:.1f} s more"
+                )
             stages = sorted({s for x in samples for s in x["timings"]})
             runs[str(depth)] = {
                 "webhook_to_live_s": summary([x["webhook_to_live_s"] for x in samples]),
@@ -314,12 +345,21 @@ def main() -> None:
     ap.add_argument("--warmup-labels", type=int, default=20)
     ap.add_argument("--import-chunk", type=int, default=10_000)
     ap.add_argument("--poll", type=float, default=0.1, help="seconds between GET /api/projects/{id} (--poll-mode ls)")
-    ap.add_argument("--poll-mode", choices=("log", "ls"), default="log",
-                    help="log: time the switch from the cycle log's finished_at and confirm it with one GET; "
-                         "ls: poll GET /api/projects/{id} until model_version changes")
+    ap.add_argument(
+        "--poll-mode",
+        choices=("log", "ls"),
+        default="log",
+        help="log: time the switch from the cycle log's finished_at and confirm it with one GET; "
+        "ls: poll GET /api/projects/{id} until model_version changes",
+    )
     ap.add_argument("--timeout", type=float, default=1200.0, help="bound of every wait")
-    ap.add_argument("--ls-env", action="append", default=[], metavar="KEY=VALUE",
-                    help="environment for Label Studio (repeatable), e.g. a feature flag")
+    ap.add_argument(
+        "--ls-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment for Label Studio (repeatable), e.g. a feature flag",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, MODEL_DIR)")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))

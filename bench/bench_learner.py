@@ -123,8 +123,11 @@ def main() -> None:
     ap.add_argument("--labels", type=int, default=50)
     ap.add_argument("--pool", type=int, default=100_000)
     args = ap.parse_args()
-    print(json.dumps({"quality_sms_spam": quality(args.seeds, args.labels), "throughput": throughput(args.pool)},
-                     indent=2))
+    print(
+        json.dumps(
+            {"quality_sms_spam": quality(args.seeds, args.labels), "throughput": throughput(args.pool)}, indent=2
+        )
+    )
 
 
 if __name__ == "__main__":

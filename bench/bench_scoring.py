@@ -145,8 +145,13 @@ def throughput(pool: int, runs: int, depth: int) -> dict:
             "tasks_per_cpu_s_median": round(pool / statistics.median(cpu)),
         }
     # Breakdown of one pass, chunk by chunk as select_for_queue does it (median of `runs`).
-    parts: dict[str, list[float]] = {"transform": [], "predict_proba": [], "committee_proba": [],
-                                     "margin_measure": [], "vote_entropy_measure": []}
+    parts: dict[str, list[float]] = {
+        "transform": [],
+        "predict_proba": [],
+        "committee_proba": [],
+        "margin_measure": [],
+        "vote_entropy_measure": [],
+    }
     for _ in range(runs):
         acc = dict.fromkeys(parts, 0.0)
         for start in range(0, pool, SCORE_CHUNK):
@@ -180,8 +185,9 @@ def make_snapshot(model_dir: Path, project: int, n: int) -> None:
     from backend.pool import PoolCache, PoolSnapshot, config_hash
 
     texts = synthetic_texts(n, seed=2)
-    snap = PoolSnapshot(data={i + 1: {"text": t} for i, t in enumerate(texts)}, synced_at=time.time(),
-                        config_hash=config_hash(SPAM_XML))
+    snap = PoolSnapshot(
+        data={i + 1: {"text": t} for i, t in enumerate(texts)}, synced_at=time.time(), config_hash=config_hash(SPAM_XML)
+    )
     PoolCache(model_dir, project).save(snap)
 
 
@@ -213,8 +219,12 @@ def rss_child(mode: str, n: int, model_dir: str, depth: int, strategy: str) -> d
     import resource
 
     return {
-        "mode": mode, "pool": len(ids), "strategy": strategy, "depth": depth,
-        "pool_seconds": round(pool_s, 2), "score_seconds": round(score_s, 2),
+        "mode": mode,
+        "pool": len(ids),
+        "strategy": strategy,
+        "depth": depth,
+        "pool_seconds": round(pool_s, 2),
+        "score_seconds": round(score_s, 2),
         **steps,
         "peak_VmHWM_kb": status_kb("VmHWM"),
         "peak_ru_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
@@ -226,8 +236,12 @@ def run_rss(n: int, pythonpath: str, strategies_: list[str], depth: int) -> dict
     out: dict = {"pool": n}
     with tempfile.TemporaryDirectory(prefix="lsal-bench-rss-") as tmp:
         t = time.perf_counter()
-        subprocess.run([sys.executable, __file__, "--make-snapshot", str(n), "--model-dir", tmp,
-                        "--pythonpath", pythonpath], env=env, check=True, timeout=900)
+        subprocess.run(
+            [sys.executable, __file__, "--make-snapshot", str(n), "--model-dir", tmp, "--pythonpath", pythonpath],
+            env=env,
+            check=True,
+            timeout=900,
+        )
         snap = Path(tmp) / "1" / "pool" / "snapshot.pkl"
         out["snapshot_bytes"] = snap.stat().st_size
         _err(f"snapshot of {n} tasks: {snap.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - t:.1f} s")
@@ -235,13 +249,33 @@ def run_rss(n: int, pythonpath: str, strategies_: list[str], depth: int) -> dict
         for mode in ("inputs", "cycle"):
             for strategy in strategies_:
                 proc = subprocess.run(
-                    [sys.executable, __file__, "--rss-child", mode, "--rss-pool", str(n), "--model-dir", tmp,
-                     "--strategy", strategy, "--depth", str(depth), "--pythonpath", pythonpath],
-                    env=env, check=True, timeout=1800, capture_output=True, text=True,
+                    [
+                        sys.executable,
+                        __file__,
+                        "--rss-child",
+                        mode,
+                        "--rss-pool",
+                        str(n),
+                        "--model-dir",
+                        tmp,
+                        "--strategy",
+                        strategy,
+                        "--depth",
+                        str(depth),
+                        "--pythonpath",
+                        pythonpath,
+                    ],
+                    env=env,
+                    check=True,
+                    timeout=1800,
+                    capture_output=True,
+                    text=True,
                 )
                 res = json.loads(proc.stdout)
-                _err(f"rss {mode}/{strategy}: peak {res['peak_VmHWM_kb'] / 1024:.0f} MB, "
-                     f"pool ready {res['pool_ready_kb'] / 1024:.0f} MB, score {res['score_seconds']} s")
+                _err(
+                    f"rss {mode}/{strategy}: peak {res['peak_VmHWM_kb'] / 1024:.0f} MB, "
+                    f"pool ready {res['pool_ready_kb'] / 1024:.0f} MB, score {res['score_seconds']} s"
+                )
                 results.append(res)
         out["runs"] = results
     return out
@@ -308,8 +342,9 @@ def main() -> None:
     ap.add_argument("--rss-pool", type=int, default=1_000_000)
     ap.add_argument("--skip-rss", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true")
-    ap.add_argument("--threads", default="1",
-                    help="BLAS/OpenMP threads while scoring: 1 as in the worker's cycle_job, or 'default'")
+    ap.add_argument(
+        "--threads", default="1", help="BLAS/OpenMP threads while scoring: 1 as in the worker's cycle_job, or 'default'"
+    )
     ap.add_argument("--seed-order", type=int, default=0, help="also time the cold-start seed order on N texts")
     ap.add_argument("--seed-child", type=int, default=0)
     ap.add_argument("--read-pool", type=int, default=0, help="also time cycle.unlabeled_pool on a pool of this size")
@@ -348,9 +383,14 @@ def main() -> None:
         with threadpool_limits(limit):
             result["throughput"] = throughput(args.pool, args.runs, args.depth)
     if args.seed_order:
-        proc = subprocess.run([sys.executable, __file__, "--seed-child", str(args.seed_order), "--pythonpath",
-                               args.pythonpath], check=True, timeout=1800, capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": args.pythonpath})
+        proc = subprocess.run(
+            [sys.executable, __file__, "--seed-child", str(args.seed_order), "--pythonpath", args.pythonpath],
+            check=True,
+            timeout=1800,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": args.pythonpath},
+        )
         result["seed_order"] = json.loads(proc.stdout)
     if args.read_pool:
         result["read_pool"] = read_pool_timing(args.read_pool, args.runs)

@@ -67,44 +67,83 @@ class Bench:
 
 BENCHES = [
     Bench(
-        "sms_spam", "SMS Spam Collection v.1 (text, 2 classes, 13% spam)",
+        "sms_spam",
+        "SMS Spam Collection v.1 (text, 2 classes, 13% spam)",
         "Almeida, T.A., Gómez Hidalgo, J.M., Yamakami, A. *Contributions to the Study of SMS Spam Filtering: "
         "New Collection and Results*, ACM DOCENG'11. UCI dataset 228, CC BY 4.0.",
-        "macro_f1", "label", text_column="text", initial=10, batch=10, budget=300,
+        "macro_f1",
+        "label",
+        text_column="text",
+        initial=10,
+        batch=10,
+        budget=300,
     ),
     Bench(
-        "sentiment_sentences", "Sentiment Labelled Sentences (text, 2 balanced classes)",
+        "sentiment_sentences",
+        "Sentiment Labelled Sentences (text, 2 balanced classes)",
         "Kotzias, D., Denil, M., de Freitas, N., Smyth, P. *From Group to Individual Labels using Deep Features*, "
         "KDD 2015. UCI dataset 331, CC BY 4.0.",
-        "accuracy", "label", text_column="text", initial=10, batch=20, budget=610, repeats=20,
+        "accuracy",
+        "label",
+        text_column="text",
+        initial=10,
+        batch=20,
+        budget=610,
+        repeats=20,
         note="20 repeats: the strategies' win-rates against random sit near the 90% bar, where 10 repeats "
         "cannot tell 85% from 100%.",
     ),
     Bench(
-        "spambase", "Spambase (tabular, 57 features, 2 classes)",
+        "spambase",
+        "Spambase (tabular, 57 features, 2 classes)",
         "Hopkins, M., Reeber, E., Forman, G., Suermondt, J. *Spambase*, Hewlett-Packard Labs, 1999. "
         "UCI dataset 94, CC BY 4.0.",
-        "accuracy", "is_spam", initial=10, batch=10, budget=400, extra=["variance_reduction"],
+        "accuracy",
+        "is_spam",
+        initial=10,
+        batch=10,
+        budget=400,
+        extra=["variance_reduction"],
     ),
     Bench(
-        "letter_recognition", "Letter Recognition (tabular, 16 features, 26 classes; 6,000-row subsample)",
+        "letter_recognition",
+        "Letter Recognition (tabular, 16 features, 26 classes; 6,000-row subsample)",
         "Slate, D. *Letter Recognition*, 1991; Frey, P.W., Slate, D.J. *Letter recognition using Holland-style "
         "adaptive classifiers*, Machine Learning 6(2), 1991. UCI dataset 59, CC BY 4.0.",
-        "accuracy", "lettr", initial=52, batch=50, budget=1002, classes=26, subsample=6000,
+        "accuracy",
+        "lettr",
+        initial=52,
+        batch=50,
+        budget=1002,
+        classes=26,
+        subsample=6000,
         skip=["coreset", "kl_divergence", "consensus_entropy"],
         note="The pool is a stratified 6,000-row subsample (seed 0) of the 20,000 rows, to fit the time budget.",
     ),
     Bench(
-        "digits", "Optical Recognition of Handwritten Digits (scikit-learn `load_digits`, 64 features, 10 classes)",
+        "digits",
+        "Optical Recognition of Handwritten Digits (scikit-learn `load_digits`, 64 features, 10 classes)",
         "Alpaydin, E., Kaynak, C. *Optical Recognition of Handwritten Digits*, UCI dataset 80, 1998, CC BY 4.0 "
         "(bundled with scikit-learn as `load_digits`).",
-        "accuracy", "label", initial=20, batch=10, budget=300, classes=10, extra=["variance_reduction"],
+        "accuracy",
+        "label",
+        initial=20,
+        batch=10,
+        budget=300,
+        classes=10,
+        extra=["variance_reduction"],
     ),
     Bench(
-        "breast_cancer", "Breast Cancer Wisconsin (Diagnostic) (scikit-learn `load_breast_cancer`, 30 features)",
+        "breast_cancer",
+        "Breast Cancer Wisconsin (Diagnostic) (scikit-learn `load_breast_cancer`, 30 features)",
         "Wolberg, W.H., Street, W.N., Mangasarian, O.L. *Breast Cancer Wisconsin (Diagnostic)*, UCI dataset 17, "
         "1995, CC BY 4.0 (bundled with scikit-learn as `load_breast_cancer`).",
-        "accuracy", "label", initial=10, batch=10, budget=150, extra=["variance_reduction", "expected_error"],
+        "accuracy",
+        "label",
+        initial=10,
+        batch=10,
+        budget=150,
+        extra=["variance_reduction", "expected_error"],
     ),
 ]
 
@@ -160,21 +199,37 @@ def data_file(b: Bench) -> Path:
     return path
 
 
-def run(b: Bench, jobs: int, repeats: int | None, params: dict[str, Any] | None = None,
-        names: list[str] | None = None) -> dict[str, Any]:
+def run(
+    b: Bench, jobs: int, repeats: int | None, params: dict[str, Any] | None = None, names: list[str] | None = None
+) -> dict[str, Any]:
     cfg = simulate.SimulationConfig(
-        data=str(data_file(b)), label_column=b.label_column, text_column=b.text_column,
-        strategies=names or b.strategies(), initial=b.initial, batch=b.batch, budget=b.budget,
-        repeats=repeats or b.repeats, test_fraction=0.25, seed=0, jobs=jobs,
-        out=str(variant_dir(b.name, params) if params else OUT / b.name), learner_params=dict(params or {}),
+        data=str(data_file(b)),
+        label_column=b.label_column,
+        text_column=b.text_column,
+        strategies=names or b.strategies(),
+        initial=b.initial,
+        batch=b.batch,
+        budget=b.budget,
+        repeats=repeats or b.repeats,
+        test_fraction=0.25,
+        seed=0,
+        jobs=jobs,
+        out=str(variant_dir(b.name, params) if params else OUT / b.name),
+        learner_params=dict(params or {}),
     )
     print(f"== {b.name}: {len(cfg.strategies)} strategies x {cfg.repeats} repeats", file=sys.stderr)
     start = time.perf_counter()
     doc = simulate.simulate(cfg, progress=sys.stderr)
     # Which code measured this dataset: a partial re-run (--datasets) keeps the other datasets' results.
-    (Path(cfg.out) / "measured.json").write_text(json.dumps({
-        "commit": git_head(), "code_state": code_state(), "minutes": (time.perf_counter() - start) / 60,
-    }))
+    (Path(cfg.out) / "measured.json").write_text(
+        json.dumps(
+            {
+                "commit": git_head(),
+                "code_state": code_state(),
+                "minutes": (time.perf_counter() - start) / 60,
+            }
+        )
+    )
     return doc
 
 
@@ -191,7 +246,8 @@ def eligible_strategies(docs: dict[str, dict[str, Any]]) -> list[str]:
     by_name = {b.name: b for b in BENCHES}
     common = set.intersection(*(set(d["summary"]) for d in docs.values())) - {"random"}
     return sorted(
-        s for s in common
+        s
+        for s in common
         if all(doc["summary"][s][by_name[n].metric]["aulc_wins_vs_random"] >= 0.9 for n, doc in docs.items())
     )
 
@@ -210,8 +266,13 @@ def choose_default(docs: dict[str, dict[str, Any]]) -> tuple[str, dict[str, floa
     eligible = eligible_strategies(docs)
     pool = eligible or sorted(common)
     mean_rank = {s: float(np.mean(ranks[s])) for s in common}
-    best = min(pool, key=lambda s: (mean_rank[s], -np.mean(
-        [doc["summary"][s][by_name[n].metric]["aulc"] for n, doc in docs.items()])))
+    best = min(
+        pool,
+        key=lambda s: (
+            mean_rank[s],
+            -np.mean([doc["summary"][s][by_name[n].metric]["aulc"] for n, doc in docs.items()]),
+        ),
+    )
     return best, mean_rank
 
 
@@ -271,19 +332,28 @@ def command(b: Bench, doc: dict[str, Any]) -> str:
     c = doc["config"]
     data = c["data"].replace(str(ROOT) + "/", "")
     parts = [
-        "lsal simulate", f"--data {data}", f"--label-column {c['label_column']}",
+        "lsal simulate",
+        f"--data {data}",
+        f"--label-column {c['label_column']}",
         f"--text-column {c['text_column']}" if c["text_column"] else "",
-        f"--strategies {','.join(c['strategies'])}", f"--initial {c['initial']}", f"--batch {c['batch']}",
-        f"--budget {c['budget']}", f"--repeats {c['repeats']}", f"--test-fraction {c['test_fraction']}",
-        f"--seed {c['seed']}", "--jobs 2", f"--out bench/out/label_efficiency/{b.name}",
+        f"--strategies {','.join(c['strategies'])}",
+        f"--initial {c['initial']}",
+        f"--batch {c['batch']}",
+        f"--budget {c['budget']}",
+        f"--repeats {c['repeats']}",
+        f"--test-fraction {c['test_fraction']}",
+        f"--seed {c['seed']}",
+        "--jobs 2",
+        f"--out bench/out/label_efficiency/{b.name}",
     ]
     return " ".join(p for p in parts if p)
 
 
 def git_head() -> str:
     try:
-        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -315,7 +385,7 @@ def code_state() -> str:
 LEGACY_MEASURED = {
     "where": "in the earlier full run (report rendered at commit `f63fc4a`; the tabular model has not changed since)",
     "code_state": "`select_for_queue` gives strategies the labeled rows: yes; text model fits an intercept: yes; "
-                  "text model is the soft vote of the regression and complement naive Bayes: no",
+    "text model is the soft vote of the regression and complement naive Bayes: no",
 }
 
 
@@ -348,10 +418,13 @@ def targets(docs: dict[str, dict[str, Any]], default: str) -> list[tuple[str, st
     by_name = {b.name: b for b in BENCHES}
     out: list[tuple[str, str, bool | None]] = []
     wins = {n: d["summary"][default][by_name[n].metric]["aulc_wins_vs_random"] for n, d in docs.items()}
-    out.append((
-        "default AULC >= random's on >= 90% of repeats, every dataset",
-        ", ".join(f"{n} {w:.0%}" for n, w in wins.items()), all(w >= 0.9 for w in wins.values()),
-    ))
+    out.append(
+        (
+            "default AULC >= random's on >= 90% of repeats, every dataset",
+            ", ".join(f"{n} {w:.0%}" for n, w in wins.items()),
+            all(w >= 0.9 for w in wins.values()),
+        )
+    )
     if "sms_spam" in docs:
         d = docs["sms_spam"]
         n99 = d["summary"][default]["macro_f1"]["labels_to_99"]
@@ -360,28 +433,32 @@ def targets(docs: dict[str, dict[str, Any]], default: str) -> list[tuple[str, st
         budget = d["config"]["budget"]
         bar = 0.99 * d["full_pool"]["macro_f1"]
         runs = d["runs"][default]
-        at = {n: statistics.mean(r["macro_f1"][r["n_labels"].index(n)] for r in runs)
-              for n in runs[0]["n_labels"]}
+        at = {n: statistics.mean(r["macro_f1"][r["n_labels"].index(n)] for r in runs) for n in runs[0]["n_labels"]}
         last = max(n for n in at if n <= 0.05 * pool)
-        out.append((
-            f"SMS spam: 99% of full-pool macro-F1 with <= 5% of the pool ({int(0.05 * pool)} labels)",
-            f"{default}: {_n(n99, d['config']['budget'])} labels"
-            + (f" = {n99 / pool:.1%}" if n99 else "")
-            + f" (margin: {_n(m99, d['config']['budget'])}" + (f" = {m99 / pool:.1%})" if m99 else ")")
-            + f"; {default}'s mean macro-F1 {at[last]:.3f} at {last} labels, {at[max(at)]:.3f} at {max(at)}, "
-            f"bar {bar:.3f}",
-            (n99 <= 0.05 * pool) if n99 is not None else (False if budget >= 0.05 * pool else None),
-        ))
+        out.append(
+            (
+                f"SMS spam: 99% of full-pool macro-F1 with <= 5% of the pool ({int(0.05 * pool)} labels)",
+                f"{default}: {_n(n99, d['config']['budget'])} labels"
+                + (f" = {n99 / pool:.1%}" if n99 else "")
+                + f" (margin: {_n(m99, d['config']['budget'])}"
+                + (f" = {m99 / pool:.1%})" if m99 else ")")
+                + f"; {default}'s mean macro-F1 {at[last]:.3f} at {last} labels, {at[max(at)]:.3f} at {max(at)}, "
+                f"bar {bar:.3f}",
+                (n99 <= 0.05 * pool) if n99 is not None else (False if budget >= 0.05 * pool else None),
+            )
+        )
     if "digits" in docs:
         d = docs["digits"]
         s = d["summary"]
-        out.append((
-            "digits: 99% of full-pool accuracy in <= 200 labels",
-            f"{default}: {_n(s[default]['accuracy']['labels_to_99'], d['config']['budget'])}, "
-            f"margin: {_n(s['margin']['accuracy']['labels_to_99'], d['config']['budget'])}, "
-            f"random: {_n(s['random']['accuracy']['labels_to_99'], d['config']['budget'])}",
-            s[default]["accuracy"]["labels_to_99"] is not None and s[default]["accuracy"]["labels_to_99"] <= 200,
-        ))
+        out.append(
+            (
+                "digits: 99% of full-pool accuracy in <= 200 labels",
+                f"{default}: {_n(s[default]['accuracy']['labels_to_99'], d['config']['budget'])}, "
+                f"margin: {_n(s['margin']['accuracy']['labels_to_99'], d['config']['budget'])}, "
+                f"random: {_n(s['random']['accuracy']['labels_to_99'], d['config']['budget'])}",
+                s[default]["accuracy"]["labels_to_99"] is not None and s[default]["accuracy"]["labels_to_99"] <= 200,
+            )
+        )
     ratios = []
     for n, d in docs.items():
         m = by_name[n].metric
@@ -399,11 +476,13 @@ def targets(docs: dict[str, dict[str, Any]], default: str) -> list[tuple[str, st
             ratios.append((n, a / r, f"{a / r:.2f}"))
     known = sorted(v for _, v, _ in ratios if v is not None)
     med = statistics.median(known) if known else None
-    out.append((
-        "median over datasets: default's labels to 95% <= 0.5 x random's",
-        "; ".join(f"{n} {t}" for n, _, t in ratios) + (f"; median {med:.2f}" if med is not None else ""),
-        None if med is None else med <= 0.5,
-    ))
+    out.append(
+        (
+            "median over datasets: default's labels to 95% <= 0.5 x random's",
+            "; ".join(f"{n} {t}" for n, _, t in ratios) + (f"; median {med:.2f}" if med is not None else ""),
+            None if med is None else med <= 0.5,
+        )
+    )
     return out
 
 
@@ -481,21 +560,25 @@ below) unless a bullet says otherwise:
 BEFORE_VOTE: dict[str, dict[str, dict[str, tuple[float, float, float, int | None, int | None]]]] = {
     "sms_spam": {
         "intercept": {
-            "random": (0.9626, 0.8539, 1.0, 200, None), "margin": (0.9626, 0.9062, 1.0, 110, 240),
+            "random": (0.9626, 0.8539, 1.0, 200, None),
+            "margin": (0.9626, 0.9062, 1.0, 110, 240),
             "diversity": (0.9626, 0.9112, 1.0, 100, 270),
         },
         "fit_intercept=0": {
-            "random": (0.9484, 0.8519, 1.0, 250, None), "margin": (0.9484, 0.8194, 0.0, 230, None),
+            "random": (0.9484, 0.8519, 1.0, 250, None),
+            "margin": (0.9484, 0.8194, 0.0, 230, None),
             "diversity": (0.9484, 0.8636, 0.8, 210, None),
         },
     },
     "sentiment_sentences": {
         "intercept": {
-            "random": (0.8333, 0.7061, 1.0, None, None), "margin": (0.8333, 0.7101, 0.6, None, None),
+            "random": (0.8333, 0.7061, 1.0, None, None),
+            "margin": (0.8333, 0.7101, 0.6, None, None),
             "diversity": (0.8333, 0.7251, 1.0, None, None),
         },
         "fit_intercept=0": {
-            "random": (0.8387, 0.7077, 1.0, None, None), "margin": (0.8387, 0.7310, 0.9, None, None),
+            "random": (0.8387, 0.7077, 1.0, None, None),
+            "margin": (0.8387, 0.7310, 0.9, None, None),
             "diversity": (0.8387, 0.7213, 0.9, None, None),
         },
     },
@@ -589,8 +672,14 @@ def variants_section(docs: dict[str, dict[str, Any]]) -> list[str]:
         "",
         *(_text_model_paragraph(docs)),
         "",
-        *(["In these simulations (regression alone -> soft vote, both with intercept): " + "; ".join(effect) + ".",
-           ""] if effect else []),
+        *(
+            [
+                "In these simulations (regression alone -> soft vote, both with intercept): " + "; ".join(effect) + ".",
+                "",
+            ]
+            if effect
+            else []
+        ),
         "The same runs (same seeds, initial sets and test split) with a different `Learner` setting, via "
         "`lsal simulate --learner-param KEY=VALUE`"
         + (", and the regression-alone rows of the earlier full run" if effect else "")
@@ -612,8 +701,11 @@ def observations(docs: dict[str, dict[str, Any]], default: str) -> str:
         return None if e is None else e[by_name[n].metric]["aulc_wins_vs_random"]
 
     out = []
-    own = [f"{n} ({w:.0%} of repeats at or above random)" for n in docs
-           if default != "margin" and (w := wins(n, default)) is not None and w < 1.0]
+    own = [
+        f"{n} ({w:.0%} of repeats at or above random)"
+        for n in docs
+        if default != "margin" and (w := wins(n, default)) is not None and w < 1.0
+    ]
     if own:
         out.append(f"`{default}` itself loses to random on part of the repeats on {', '.join(own)}")
     losers = [n for n in docs if (w := wins(n, "margin")) is not None and w < 1.0]
@@ -635,8 +727,10 @@ def observations(docs: dict[str, dict[str, Any]], default: str) -> str:
             if t > 0:
                 ratios.append(statistics.mean(r["seconds"] for r in d["runs"][default]) / t)
     if ratios and default != "margin":
-        text += (f" `{default}` costs {min(ratios):.1f}-{max(ratios):.1f}x margin's time per run (the `s / run` "
-                 "column; the runs share two busy cores, so times are rough), well within a cycle.")
+        text += (
+            f" `{default}` costs {min(ratios):.1f}-{max(ratios):.1f}x margin's time per run (the `s / run` "
+            "column; the runs share two busy cores, so times are rough), well within a cycle."
+        )
     return text
 
 
@@ -646,8 +740,8 @@ def render(docs: dict[str, dict[str, Any]]) -> str:
     current = strategies.DEFAULT_STRATEGY
     chosen = (
         f"**`strategies.DEFAULT_STRATEGY = \"{default}\"`** (the rule's choice and the code's default)."
-        if current == default else
-        f"**The rule chooses `{default}`; the code's `strategies.DEFAULT_STRATEGY` is `{current}`.**"
+        if current == default
+        else f"**The rule chooses `{default}`; the code's `strategies.DEFAULT_STRATEGY` is `{current}`.**"
     )
     lines = [
         "# Label-efficiency benchmark",
@@ -694,7 +788,8 @@ def render(docs: dict[str, dict[str, Any]]) -> str:
         "(each dataset's primary metric) over all datasets; ties by mean AULC."
         + ("" if eligible_strategies(docs) else " In this run no strategy meets the 90% condition on every dataset.")
         + " Mean ranks: "
-        + ", ".join(f"{s} {r:.1f}" for s, r in sorted(mean_rank.items(), key=lambda kv: kv[1])) + ".",
+        + ", ".join(f"{s} {r:.1f}" for s, r in sorted(mean_rank.items(), key=lambda kv: kv[1]))
+        + ".",
         "",
         f"AULC of {default} / margin / random: "
         + "; ".join(
@@ -712,16 +807,16 @@ def render(docs: dict[str, dict[str, Any]]) -> str:
         "covers as many regions as it has picks and the picks agree with the `cluster` field Label Studio "
         "sees. " + observations(docs, default),
         "",
-        "**Text model changed with it** (see \"Learner settings\"): first `fit_intercept=True` for text (it "
+        '**Text model changed with it** (see "Learner settings"): first `fit_intercept=True` for text (it '
         "was off; measured with the regression alone: on SMS spam every non-random strategy gained a lot, "
         "margin no longer lost to random and the full-pool macro-F1 rose; on the sentiment sentences the "
         "default strategy was unchanged within the spread, plain margin did better without the intercept, "
         "and random's AULC was unchanged on both). A soft vote of that regression with a complement naive "
-        "Bayes was measured and left off by default (see \"Learner settings\"). The tabular model already fits "
+        'Bayes was measured and left off by default (see "Learner settings"). The tabular model already fits '
         "an intercept (C = 1, standardized features); C stays at 3 for text (C = 10 measured no better). "
         "Then every digit read as 0 in text (`number_shapes`): on SMS spam the default strategy reached 99% of "
-        "the full-pool macro-F1 with half the labels; on sentiment no change beyond the spread (\"Learner "
-        "settings\").",
+        'the full-pool macro-F1 with half the labels; on sentiment no change beyond the spread ("Learner '
+        'settings").',
         "",
         "## Targets",
         "",
@@ -754,8 +849,11 @@ def render(docs: dict[str, dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--datasets", default=",".join(b.name for b in BENCHES),
-                    help="comma-separated datasets to run; the others' results in bench/out are kept and rendered")
+    ap.add_argument(
+        "--datasets",
+        default=",".join(b.name for b in BENCHES),
+        help="comma-separated datasets to run; the others' results in bench/out are kept and rendered",
+    )
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=None, help="override every dataset's repeats (smoke runs)")
     ap.add_argument("--render-only", action="store_true", help="rebuild docs/benchmarks.md from bench/out")
@@ -786,21 +884,39 @@ def main(argv: list[str] | None = None) -> int:
     IMG.mkdir(parents=True, exist_ok=True)
     by_name = {b.name: b for b in BENCHES}
     for name, doc in docs.items():  # re-plotted from curves.json, with the dataset's title
-        simulate.plot_curves(doc, IMG / f"label_efficiency_{name}.png",
-                             title=f"{by_name[name].title}: {doc['config']['repeats']} repeats")
+        simulate.plot_curves(
+            doc,
+            IMG / f"label_efficiency_{name}.png",
+            title=f"{by_name[name].title}: {doc['config']['repeats']} repeats",
+        )
     text = render(docs)
     if args.preamble:
         extra = Path(args.preamble).read_text()
         text = text.replace("\n## Targets\n", "\n" + extra.rstrip() + "\n\n## Targets\n", 1)
     DOC.write_text(text)
     default, _ = choose_default(docs)
-    print(json.dumps({
-        "default": default,
-        "current_default": strategies.DEFAULT_STRATEGY,
-        "datasets": {n: {s: {m: {k: d["summary"][s][m][k] for k in ("aulc", "labels_to_95", "labels_to_99",
-                                                                   "aulc_wins_vs_random")}
-                             for m in simulate.METRICS} for s in d["summary"]} for n, d in docs.items()},
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "default": default,
+                "current_default": strategies.DEFAULT_STRATEGY,
+                "datasets": {
+                    n: {
+                        s: {
+                            m: {
+                                k: d["summary"][s][m][k]
+                                for k in ("aulc", "labels_to_95", "labels_to_99", "aulc_wins_vs_random")
+                            }
+                            for m in simulate.METRICS
+                        }
+                        for s in d["summary"]
+                    }
+                    for n, d in docs.items()
+                },
+            },
+            indent=1,
+        )
+    )
     return 0
 
 

@@ -27,7 +27,9 @@ def test_rollback_serves_an_earlier_version(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_rollback_to_an_unknown_version_is_one_line_exit_2(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys,  # type: ignore[no-untyped-def]
 ) -> None:
     monkeypatch.setenv("MODEL_DIR", str(tmp_path))
     _publish(ModelStore(tmp_path), 1)

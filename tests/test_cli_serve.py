@@ -63,12 +63,18 @@ def _alive(pid: int) -> bool:
 def test_embedded_serve_starts_redis_and_a_worker_and_stops_them(tmp_path: Path, sig: signal.Signals) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    env.update({"MODEL_DIR": str(tmp_path / "models"), "PYTHONPATH": str(REPO), "LABEL_STUDIO_URL": "http://127.0.0.1:9"})
+    env.update(
+        {"MODEL_DIR": str(tmp_path / "models"), "PYTHONPATH": str(REPO), "LABEL_STUDIO_URL": "http://127.0.0.1:9"}
+    )
     proc = subprocess.Popen(
         [sys.executable, "-m", "backend.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
+
         def healthy() -> dict | None:
             try:
                 body = requests.get(f"http://127.0.0.1:{port}/health", timeout=1).json()
@@ -88,7 +94,9 @@ def test_embedded_serve_starts_redis_and_a_worker_and_stops_them(tmp_path: Path,
         job = requests.post(f"http://127.0.0.1:{port}/train", json={"project": 1}, timeout=5).json()["job_id"]
         wait_for(
             lambda: requests.get(f"http://127.0.0.1:{port}/jobs/{job}", timeout=5).json()["state"] != "queued",
-            60, 0.2, "the embedded worker to take the job",
+            60,
+            0.2,
+            "the embedded worker to take the job",
         )
         proc.send_signal(sig)
         proc.wait(timeout=60)
@@ -103,7 +111,11 @@ def test_bad_configuration_fails_at_start_up_in_one_line(tmp_path: Path) -> None
     env = {**os.environ, "AL_RETRAIN_EVERY": "often", "MODEL_DIR": str(tmp_path), "PYTHONPATH": str(REPO)}
     run = subprocess.run(
         [sys.executable, "-m", "backend.cli", "serve", "--port", str(free_port())],
-        env=env, cwd=REPO, capture_output=True, text=True, timeout=60,
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [

@@ -176,7 +176,10 @@ def test_env_example_lists_every_setting_and_nothing_unused() -> None:
 
 def test_only_the_label_studio_admin_is_required() -> None:
     required = {
-        name for service in SERVICES.values() for value in _walk(service) for name, op, _ in interpolations(value)
+        name
+        for service in SERVICES.values()
+        for value in _walk(service)
+        for name, op, _ in interpolations(value)
         if op in ("?", ":?")
     }
     assert required == {"LABEL_STUDIO_USERNAME", "LABEL_STUDIO_PASSWORD"}
@@ -239,7 +242,12 @@ def test_dockerfile_is_multi_stage_slim_and_non_root() -> None:
     users = final.instructions["USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0")
     assert shlex.split(final.instructions["CMD"][-1].replace(",", " ").strip("[]")) == [
-        "lsal", "serve", "--host", "0.0.0.0", "--port", "9090",
+        "lsal",
+        "serve",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "9090",
     ]
 
 
@@ -253,13 +261,16 @@ def test_final_stage_ships_no_compiler() -> None:
 
 def test_dockerignore_keeps_secrets_out_and_the_sources_in() -> None:
     patterns = [
-        line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
     for must in (".env", ".git", "models", ".venv"):
         assert must in patterns, must
     copied = [
-        src for copy in dockerfile_stages()[0].instructions["COPY"] for src in copy.split()[:-1]
+        src
+        for copy in dockerfile_stages()[0].instructions["COPY"]
+        for src in copy.split()[:-1]
         if not src.startswith("--")
     ]
     assert copied == ["pyproject.toml", "README.md", "backend"]
@@ -406,4 +417,3 @@ def test_a_malformed_setting_stops_lsal_with_one_line(
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [line]
     assert not (tmp_path / "models").exists()  # nothing was started or written
-

@@ -143,8 +143,11 @@ class Stack:
                              f"job {job_id} to reach {states}"))  # fmt: skip
 
     def predict(self, pid: int) -> dict[str, Any]:
-        body = {"tasks": [{"id": 1, "data": {"text": "WIN a free prize, call now"}}], "project": f"{pid}.1",
-                "label_config": SPAM_XML}
+        body = {
+            "tasks": [{"id": 1, "data": {"text": "WIN a free prize, call now"}}],
+            "project": f"{pid}.1",
+            "label_config": SPAM_XML,
+        }
         r = requests.post(f"{self.server.url}/predict", json=body, timeout=30)
         assert r.status_code == 200, f"/predict answered {r.status_code}: {r.text}"
         return dict(r.json())
@@ -378,8 +381,21 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
-             "--appendonly", "yes", "--save", "", "--protected-mode", "no"],  # fmt: skip
+            [
+                self.exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.workdir),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+                "--protected-mode",
+                "no",
+            ],  # fmt: skip
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -607,4 +623,3 @@ def test_predict_concurrently_while_a_version_is_published(stack: Stack) -> None
     bad = [s for s in seen if s[0] != 200 or s[1] not in (old, new)]
     assert not bad, bad[:5]
     assert len(seen) >= 50
-

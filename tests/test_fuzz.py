@@ -170,9 +170,17 @@ def client(app: Any, fuzz_settings: Settings) -> TestClient:
 
 @settings(max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(
-    tasks=st.lists(st.fixed_dictionaries({"id": st.integers(-5, 2**40) | _json, "data": _json | st.fixed_dictionaries(
-        {"text": _json}) | st.fixed_dictionaries({"table": st.dictionaries(st.text(max_size=5), _json)})}),
-        max_size=6),  # fmt: skip
+    tasks=st.lists(
+        st.fixed_dictionaries(
+            {
+                "id": st.integers(-5, 2**40) | _json,
+                "data": _json
+                | st.fixed_dictionaries({"text": _json})
+                | st.fixed_dictionaries({"table": st.dictionaries(st.text(max_size=5), _json)}),
+            }
+        ),
+        max_size=6,
+    ),  # fmt: skip
     project=st.sampled_from([3, "3.17", "x", -1, 0, None, "../3", 10**19]) | _json,
     config=st.sampled_from([SPAM_XML, None, "", "<View/>", "<x"]) | label_configs(),
 )
@@ -194,8 +202,19 @@ def test_predict_with_generated_tasks_never_5xx(client: TestClient, tasks: list,
 
 @settings(max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(
-    action=st.sampled_from(["ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED",
-                            "TASKS_CREATED", "TASKS_DELETED", "START_TRAINING", "PROJECT_UPDATED"]) | _json,
+    action=st.sampled_from(
+        [
+            "ANNOTATION_CREATED",
+            "ANNOTATIONS_CREATED",
+            "ANNOTATION_UPDATED",
+            "ANNOTATIONS_DELETED",
+            "TASKS_CREATED",
+            "TASKS_DELETED",
+            "START_TRAINING",
+            "PROJECT_UPDATED",
+        ]
+    )
+    | _json,
     project=st.fixed_dictionaries({"id": st.sampled_from([5, "5", -1, "../5", 10**19, None]) | _json}) | _json,
     rest=st.dictionaries(st.sampled_from(["annotation", "annotations", "tasks", "task"]), _json, max_size=3),
 )

@@ -30,12 +30,26 @@ TEXT = '<Text name="text" value="$text"/>'
     ("name", "expected"),
     [
         ("spam.xml", TaskSpec("label", "text", "text", ("spam", "no_spam"), False, "text", "Text")),
-        ("sentiment.xml", TaskSpec("sentiment", "text", "text", ("positive", "negative", "neutral"), False,
-                                   "text", "Text")),
-        ("topic.xml", TaskSpec("topic", "text", "text",
-                               ("business", "entertainment", "politics", "sport", "tech"), False, "text", "Text")),
-        ("multilabel.xml", TaskSpec("tags", "text", "text", ("billing", "bug", "feature_request", "urgent"), True,
-                                    "text", "Text")),
+        (
+            "sentiment.xml",
+            TaskSpec("sentiment", "text", "text", ("positive", "negative", "neutral"), False, "text", "Text"),
+        ),
+        (
+            "topic.xml",
+            TaskSpec(
+                "topic",
+                "text",
+                "text",
+                ("business", "entertainment", "politics", "sport", "tech"),
+                False,
+                "text",
+                "Text",
+            ),
+        ),
+        (
+            "multilabel.xml",
+            TaskSpec("tags", "text", "text", ("billing", "bug", "feature_request", "urgent"), True, "text", "Text"),
+        ),
         ("tabular.xml", TaskSpec("label", "table", "features", ("spam", "no_spam"), False, "tabular", "Table")),
     ],
 )
@@ -57,8 +71,9 @@ def test_variants() -> None:
       <Choices name="later" toName="page"><Choice value="z"/></Choices>
     </view>"""
     assert parse_label_config(xml) == TaskSpec("kind", "page", "html", ("ad", "news"), True, "text", "HyperText")
-    single_radio = view(TEXT + '<Choices name="c" toName="text" choice="single-radio"><Choice value="a"/>'
-                        '<Choice value="b"/></Choices>')
+    single_radio = view(
+        TEXT + '<Choices name="c" toName="text" choice="single-radio"><Choice value="a"/><Choice value="b"/></Choices>'
+    )
     assert parse_label_config(single_radio).multi_label is False
 
 
@@ -70,14 +85,24 @@ def test_variants() -> None:
         ("<Choices/>", "must have <View> as its root, got <Choices>"),
         (view(TEXT), "no <Choices>"),
         (view(TEXT + '<Choices name="c" toName="text"></Choices>'), "<Choices name='c'> has no <Choice"),
-        (view(TEXT + '<Choices name="c" toName="nowhere"><Choice value="a"/></Choices>'),
-         "toName='nowhere', which names no object"),
-        (view('<Image name="img" value="$img"/><Choices name="c" toName="img"><Choice value="a"/></Choices>'),
-         "bound to <Image> 'img', which lsal does not support"),
-        (view('<Text name="text" value="hello"/><Choices name="c" toName="text"><Choice value="a"/></Choices>'),
-         "value='hello'; expected value=\"\\$key\""),
-        (view('<Text name="t" value="$u" valueType="url"/><Choices name="c" toName="t"><Choice value="a"/></Choices>'),
-         'valueType="url"'),
+        (
+            view(TEXT + '<Choices name="c" toName="nowhere"><Choice value="a"/></Choices>'),
+            "toName='nowhere', which names no object",
+        ),
+        (
+            view('<Image name="img" value="$img"/><Choices name="c" toName="img"><Choice value="a"/></Choices>'),
+            "bound to <Image> 'img', which lsal does not support",
+        ),
+        (
+            view('<Text name="text" value="hello"/><Choices name="c" toName="text"><Choice value="a"/></Choices>'),
+            "value='hello'; expected value=\"\\$key\"",
+        ),
+        (
+            view(
+                '<Text name="t" value="$u" valueType="url"/><Choices name="c" toName="t"><Choice value="a"/></Choices>'
+            ),
+            'valueType="url"',
+        ),
         (view(TEXT + '<Choices toName="text"><Choice value="a"/></Choices>'), "without name or toName"),
     ],
 )
@@ -138,8 +163,9 @@ def test_task_input_text_hypertext_and_missing_key() -> None:
         task_input(spec, {"body": "hello"})
     with pytest.raises(ValueError, match="must be text, got NoneType"):
         task_input(spec, {"text": None})
-    html_spec = parse_label_config(view('<HyperText name="p" value="$html"/>'
-                                        '<Choices name="c" toName="p"><Choice value="a"/></Choices>'))
+    html_spec = parse_label_config(
+        view('<HyperText name="p" value="$html"/><Choices name="c" toName="p"><Choice value="a"/></Choices>')
+    )
     page = "<style>p {x: 1}</style><p>Fish &amp; <b>chips</b></p><!-- note --><script>var a = 1;</script>"
     assert task_input(html_spec, {"html": page}).split() == ["Fish", "&", "chips"]
 

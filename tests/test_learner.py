@@ -48,8 +48,15 @@ def sms() -> tuple[list[str], np.ndarray]:
     return [r["text"] for r in rows], np.array(["spam" if r["label"] == "spam" else "no_spam" for r in rows])
 
 
-def ann(labels: list[str], *, from_name: str = "label", aid: int = 1, updated: str = "2025-01-01T00:00:00Z",
-        cancelled: bool = False, ground_truth: bool = False) -> dict[str, Any]:
+def ann(
+    labels: list[str],
+    *,
+    from_name: str = "label",
+    aid: int = 1,
+    updated: str = "2025-01-01T00:00:00Z",
+    cancelled: bool = False,
+    ground_truth: bool = False,
+) -> dict[str, Any]:
     return {
         "id": aid,
         "result": [{"from_name": from_name, "to_name": "text", "type": "choices", "value": {"choices": labels}}],
@@ -72,20 +79,34 @@ def test_training_set_rules_and_exact_stats() -> None:
         # nothing at all -> no_annotation
         {"id": 3, "data": {"text": "hey"}, "annotations": []},
         # majority wins over the later single vote
-        {"id": 4, "data": {"text": "lunch?"}, "annotations": [
-            ann(["no_spam"], aid=1, updated="2025-01-01T00:00:00Z"),
-            ann(["no_spam"], aid=2, updated="2025-01-02T00:00:00Z"),
-            ann(["spam"], aid=3, updated="2025-01-03T00:00:00Z"),
-        ]},
+        {
+            "id": 4,
+            "data": {"text": "lunch?"},
+            "annotations": [
+                ann(["no_spam"], aid=1, updated="2025-01-01T00:00:00Z"),
+                ann(["no_spam"], aid=2, updated="2025-01-02T00:00:00Z"),
+                ann(["spam"], aid=3, updated="2025-01-03T00:00:00Z"),
+            ],
+        },
         # tie -> most recently updated
-        {"id": 5, "data": {"text": "call now"}, "annotations": [
-            ann(["no_spam"], aid=1, updated="2025-01-02T00:00:00Z"),
-            ann(["spam"], aid=2, updated="2025-01-05T00:00:00Z"),
-        ]},
+        {
+            "id": 5,
+            "data": {"text": "call now"},
+            "annotations": [
+                ann(["no_spam"], aid=1, updated="2025-01-02T00:00:00Z"),
+                ann(["spam"], aid=2, updated="2025-01-05T00:00:00Z"),
+            ],
+        },
         # ground truth beats a majority
-        {"id": 6, "data": {"text": "prize"}, "annotations": [
-            ann(["no_spam"], aid=1), ann(["no_spam"], aid=2), ann(["spam"], aid=3, ground_truth=True),
-        ]},
+        {
+            "id": 6,
+            "data": {"text": "prize"},
+            "annotations": [
+                ann(["no_spam"], aid=1),
+                ann(["no_spam"], aid=2),
+                ann(["spam"], aid=3, ground_truth=True),
+            ],
+        },
         # unknown label only -> no_known_label; unknown counted
         {"id": 7, "data": {"text": "x"}, "annotations": [ann(["maybe"])]},
         # unknown label dropped, known one kept
@@ -120,10 +141,14 @@ def test_training_set_rules_and_exact_stats() -> None:
 def test_training_set_multi_label_takes_latest_and_orders_labels() -> None:
     spec = spec_of("multilabel.xml")
     tasks = [
-        {"id": 1, "data": {"text": "a"}, "annotations": [
-            ann(["urgent", "bug"], from_name="tags", aid=1, updated="2025-02-01T00:00:00Z"),
-            ann(["billing"], from_name="tags", aid=2, updated="2025-01-01T00:00:00Z"),
-        ]},
+        {
+            "id": 1,
+            "data": {"text": "a"},
+            "annotations": [
+                ann(["urgent", "bug"], from_name="tags", aid=1, updated="2025-02-01T00:00:00Z"),
+                ann(["billing"], from_name="tags", aid=2, updated="2025-01-01T00:00:00Z"),
+            ],
+        },
         {"id": 2, "data": {"text": "b"}, "annotations": [ann(["feature_request"], from_name="tags")]},
     ]
     ts = training_set(spec, tasks)
@@ -288,8 +313,14 @@ def test_any_text_gives_finite_probabilities(texts: list[str]) -> None:
 
 def test_multi_label_one_vs_rest_and_constant_labels() -> None:
     spec = spec_of("multilabel.xml")
-    texts = ["invoice charged twice", "refund my payment", "app crashes on start", "error when saving",
-             "invoice wrong and app crashes", "please add dark mode"]
+    texts = [
+        "invoice charged twice",
+        "refund my payment",
+        "app crashes on start",
+        "error when saving",
+        "invoice wrong and app crashes",
+        "please add dark mode",
+    ]
     y = [["billing"], ["billing"], ["bug"], ["bug"], ["billing", "bug"], ["bug"]]
     learner = Learner(spec, seed=0).fit(texts, y)
     assert learner.classes_ == spec.labels

@@ -313,8 +313,10 @@ def test_jobs_by_state_come_from_rq_registries(settings: Settings, redis_conn: r
     queue.enqueue_call("builtins.len", args=([1],))
     queue.enqueue_in(timedelta(hours=1), "builtins.len", [1])
     s = scrape(Metrics(settings, connection=redis_conn))
-    states = {state: value(s, "lsal_jobs", state=state) for state in
-              ("queued", "started", "scheduled", "deferred", "finished", "failed", "canceled")}
+    states = {
+        state: value(s, "lsal_jobs", state=state)
+        for state in ("queued", "started", "scheduled", "deferred", "finished", "failed", "canceled")
+    }
     assert states == {
         "queued": 1.0,
         "started": 0.0,
@@ -341,9 +343,10 @@ def test_per_project_version_and_model_quality_from_the_store(settings: Settings
     assert value(s, "lsal_model_version_info", project="7", version="v2-20250102T030405Z") == 1.0
     assert value(s, "lsal_model_version_info", project="7", version="v1-20250102T030405Z") is None
     assert value(s, "lsal_model_version_number", project="7") == 2.0
-    assert value(s, "lsal_model_created_timestamp_seconds", project="7") == datetime(
-        2025, 1, 2, 3, 4, 5, tzinfo=UTC
-    ).timestamp()
+    assert (
+        value(s, "lsal_model_created_timestamp_seconds", project="7")
+        == datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp()
+    )
     assert value(s, "lsal_labeled_tasks", project="7") == 42.0
     assert value(s, "lsal_model_cv_accuracy", project="7") == 0.9
     assert value(s, "lsal_model_cv_macro_f1", project="7") == 0.85

@@ -68,8 +68,15 @@ def text_csv(tmp_path_factory: pytest.TempPathFactory, text_rows: list[dict[str,
 
 def cfg(data: Path, **kw: Any) -> SimulationConfig:
     base: dict[str, Any] = dict(
-        data=str(data), label_column="diagnosis", strategies=["random", "margin"], initial=10, batch=10,
-        budget=40, repeats=2, test_fraction=0.25, seed=3,
+        data=str(data),
+        label_column="diagnosis",
+        strategies=["random", "margin"],
+        initial=10,
+        batch=10,
+        budget=40,
+        repeats=2,
+        test_fraction=0.25,
+        seed=3,
     )
     base.update(kw)
     return SimulationConfig(**base)
@@ -170,8 +177,9 @@ def test_every_strategy_starts_from_the_same_initial_set(doc: dict[str, Any]) ->
 
 def test_files_written(doc: dict[str, Any], tabular_csv: Path, tmp_path: Path) -> None:
     out = tmp_path / "o"
-    res = simulate.simulate(cfg(tabular_csv, out=str(out), strategies=["random"], repeats=1, budget=20),
-                            progress=io.StringIO())
+    res = simulate.simulate(
+        cfg(tabular_csv, out=str(out), strategies=["random"], repeats=1, budget=20), progress=io.StringIO()
+    )
     on_disk = json.loads((out / "curves.json").read_text())
     assert on_disk == json.loads(json.dumps(res))
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -187,8 +195,9 @@ def test_picks_come_from_select_for_queue(tabular_csv: Path, monkeypatch: pytest
         return res
 
     monkeypatch.setattr(cycle, "select_for_queue", spy)
-    res = simulate.simulate(cfg(tabular_csv, strategies=["entropy"], repeats=1, batch=15, budget=35),
-                            progress=io.StringIO())
+    res = simulate.simulate(
+        cfg(tabular_csv, strategies=["entropy"], repeats=1, batch=15, budget=35), progress=io.StringIO()
+    )
     # last batch shortened to land on the budget; the pool shrinks by each batch
     assert calls == [("entropy", 15, 140, False), ("entropy", 10, 125, False)]
     assert res["runs"]["entropy"][0]["n_labels"] == [10, 25, 35]
@@ -221,8 +230,10 @@ def test_jobs_two_gives_identical_curves(doc: dict[str, Any], tabular_csv: Path)
 
 
 def test_default_reuses_the_resolved_strategy(tabular_csv: Path) -> None:
-    res = simulate.simulate(cfg(tabular_csv, strategies=["default", "random", strategies.DEFAULT_STRATEGY],
-                                repeats=1, budget=30), progress=io.StringIO())
+    res = simulate.simulate(
+        cfg(tabular_csv, strategies=["default", "random", strategies.DEFAULT_STRATEGY], repeats=1, budget=30),
+        progress=io.StringIO(),
+    )
     assert res["resolved"]["default"] == strategies.DEFAULT_STRATEGY
     assert res["runs"]["default"][0]["labeled_order"] == res["runs"][strategies.DEFAULT_STRATEGY][0]["labeled_order"]
 
@@ -271,8 +282,25 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
 
 
 def base_args(data: Path, out: Path) -> list[str]:
-    return ["--data", str(data), "--label-column", "diagnosis", "--strategies", "random,margin", "--initial", "10",
-            "--batch", "10", "--budget", "30", "--repeats", "1", "--out", str(out), "--quiet"]
+    return [
+        "--data",
+        str(data),
+        "--label-column",
+        "diagnosis",
+        "--strategies",
+        "random,margin",
+        "--initial",
+        "10",
+        "--batch",
+        "10",
+        "--budget",
+        "30",
+        "--repeats",
+        "1",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
 
 
 def replace_arg(args: list[str], flag: str, value: str) -> list[str]:
@@ -329,11 +357,16 @@ def test_cli_subprocess_no_traceback(tmp_path: Path) -> None:
     bad.write_text('{"x": 1, "diagnosis": "a"}\nnot json\n')
     proc = subprocess.run(
         [sys.executable, "-m", "backend.cli", "simulate", *base_args(bad, tmp_path / "o")],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
     assert proc.returncode == 2
-    assert proc.stderr == f"lsal simulate: error: --data {bad}: line 2 is not JSON " \
-                          "(Expecting value: line 1 column 1 (char 0))\n"
+    assert (
+        proc.stderr == f"lsal simulate: error: --data {bad}: line 2 is not JSON "
+        "(Expecting value: line 1 column 1 (char 0))\n"
+    )
     assert "Traceback" not in proc.stderr
 
 
@@ -341,8 +374,19 @@ def test_cli_success_prints_tables(tabular_csv: Path, tmp_path: Path, capsys: py
     code = cli.main(["simulate", *base_args(tabular_csv, tmp_path / "o")])
     out = capsys.readouterr().out
     assert code == 0
-    assert out.splitlines()[1].split() == ["strategy", "AULC", "wins", "n@95%", "n@99%", "x", "rnd", "95", "x",
-                                           "rnd", "99"]
+    assert out.splitlines()[1].split() == [
+        "strategy",
+        "AULC",
+        "wins",
+        "n@95%",
+        "n@99%",
+        "x",
+        "rnd",
+        "95",
+        "x",
+        "rnd",
+        "99",
+    ]
     assert (tmp_path / "o" / "curves.json").exists() and (tmp_path / "o" / "curves.png").exists()
 
 
