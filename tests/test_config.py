@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from backend.config import ENV_VARS, ConfigError, ProjectConfig, Settings
+from backend.config import ENV_VARS, PER_PROJECT, ConfigError, ProjectConfig, Settings
 
 
 def test_defaults() -> None:
@@ -74,6 +75,33 @@ def test_every_env_var_has_a_default_and_meaning() -> None:
     names = [v.name for v in ENV_VARS]
     assert len(names) == len(set(names))
     assert all(v.meaning for v in ENV_VARS)
+
+
+def test_each_default_is_what_its_variable_parses_to() -> None:
+    """The documented default text and the typed default are one fact: parsing one gives the other."""
+    env = {v.name: v.default for v in ENV_VARS}
+    assert Settings.from_env(env) == Settings() == Settings.from_env({})
+    assert [v.field for v in ENV_VARS] == [f.name for f in fields(Settings)]
+
+
+def test_project_config_is_the_per_project_settings_with_their_defaults() -> None:
+    assert list(PER_PROJECT) == ["strategy", "min_labels", "retrain_every", "queue_depth", "set_sampling"]
+    assert [f.name for f in fields(ProjectConfig)] == list(PER_PROJECT)
+    assert ProjectConfig() == ProjectConfig.defaults(Settings())
+    custom = Settings.from_env({"AL_QUEUE_DEPTH": "7", "AL_STRATEGY": "margin"})
+    assert ProjectConfig.defaults(custom).as_dict() == {
+        "strategy": "margin",
+        "min_labels": 10,
+        "retrain_every": 1,
+        "queue_depth": 7,
+        "set_sampling": True,
+    }
+
+
+def test_extra_params_use_the_variables_bounds() -> None:
+    with pytest.raises(ConfigError) as info:
+        ProjectConfig().with_extra_params({"min_labels": 1})
+    assert str(info.value) == "extra_params.min_labels: expected an integer >= 2, got 1"
 
 
 def test_project_overrides() -> None:

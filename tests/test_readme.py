@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from backend.config import ENV_VARS
+from backend.config import ENV_VARS, markdown_table
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
@@ -22,6 +22,12 @@ def test_configuration_table_lists_every_variable_with_its_default() -> None:
     for var in ENV_VARS:
         expected = f"`{var.default}`" if var.default else "(empty)"
         assert found[var.name] == expected, var.name
+
+
+def test_configuration_table_is_the_generated_one() -> None:
+    """Regenerate with `python -m backend.config --write README.md` after adding a setting."""
+    table = README.split("<!-- config-table:start -->")[1].split("<!-- config-table:end -->")[0]
+    assert table.strip() == markdown_table()
 
 
 def test_quickstart_is_two_commands_and_ci_runs_the_test_command_verbatim() -> None:
