@@ -20,8 +20,11 @@ Hostile XML (entity expansion, external entities, DTDs, a config over 1 MB) is r
 
 from __future__ import annotations
 
+import hashlib
 import html
 import re
+import threading
+from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -31,6 +34,8 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import ParseError, fromstring
 
 MAX_CONFIG_BYTES = 1_000_000
+#: parsed configs (and refusals) remembered, by SHA-256 of the XML: /setup and /predict repeat them
+PARSE_CACHE_SIZE = 64
 TEXT_TAGS = {"Text": "text", "HyperText": "text"}
 TABLE_TAGS = {"Table": "tabular"}
 _TAG_RE = re.compile(r"<[^>]+>")
@@ -73,7 +78,55 @@ def _parse_xml(xml: str) -> Element:
         raise LabelConfigError(f"label config is not well-formed XML: {exc}") from None
 
 
+class _ParseCache:
+    """Bounded memo of parse results, successes and refusals alike, keyed by the XML's digest.
+
+    Refusals are remembered too: a client resending the same hostile 1 MB config costs one hash,
+    not one parse, per request. The key is a digest so the cache never holds the XML itself.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[bytes, TaskSpec | LabelConfigError] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: bytes) -> TaskSpec | LabelConfigError | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+            return entry
+
+    def put(self, key: bytes, entry: TaskSpec | LabelConfigError) -> None:
+        with self._lock:
+            self._entries[key] = entry
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+
+_CACHE = _ParseCache(PARSE_CACHE_SIZE)
+
+
 def parse_label_config(xml: str) -> TaskSpec:
+    """The TaskSpec of a label config, or LabelConfigError saying what is missing (memoized)."""
+    if not isinstance(xml, str):
+        raise LabelConfigError("label config is empty")
+    key = hashlib.sha256(xml.encode("utf-8", "surrogatepass")).digest()
+    cached = _CACHE.get(key)
+    if isinstance(cached, LabelConfigError):
+        raise LabelConfigError(str(cached), cached.field)
+    if cached is not None:
+        return cached
+    try:
+        spec = _parse_label_config(xml)
+    except LabelConfigError as exc:
+        _CACHE.put(key, LabelConfigError(str(exc), exc.field))  # a copy: no traceback kept alive
+        raise
+    _CACHE.put(key, spec)
+    return spec
+
+
+def _parse_label_config(xml: str) -> TaskSpec:
     root = _parse_xml(xml)
     for el in root.iter():
         if isinstance(el.tag, str):
@@ -120,8 +173,9 @@ def parse_label_config(xml: str) -> TaskSpec:
         if not labels:
             problems.append(f"<Choices name={name!r}> has no <Choice value=...>")
             continue
-        if len(set(labels)) != len(labels):
-            dupes = sorted({label for label in labels if labels.count(label) > 1})
+        counts = Counter(labels)  # linear: a 1 MB config holds ~40,000 choices
+        if len(counts) != len(labels):
+            dupes = sorted(label for label, n in counts.items() if n > 1)
             problems.append(f"<Choices name={name!r}> repeats choice values {dupes}")
             continue
         kind: Literal["text", "tabular"] = "tabular" if target.tag in TABLE_TAGS else "text"

@@ -230,3 +230,34 @@ def test_secrets_never_logged(settings: Settings, tmp_path: Path, redis_conn: re
     for secret in (PASSWORD, TRIGGER, "api-key-never-logged-777", "setup-token-444", "wrong-password-555", b64,
                    "query-secret-333"):  # fmt: skip
         assert secret not in text, f"{secret[:4]}... reached the server log"
+
+
+@pytest.mark.timeout(20)
+def test_huge_choice_list_is_checked_in_linear_time_and_refusals_are_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault: a ~1 MB label config of 40,000 <Choice>s (one repeated), sent again and again
+    Done: parse_label_config on it twice, counting XML parses; a 20 s deadline (the quadratic check took 27-57 s)
+    Expected: the refusal names the repeated choice; the second call re-raises it without parsing again
+    Observed: as expected
+    """
+    import backend.labelconfig as labelconfig
+
+    choices = "".join(f'<Choice value="c{i}"/>' for i in range(40_000)) + '<Choice value="c7"/>'
+    xml = f'<View><Text name="text" value="$text"/><Choices name="c" toName="text">{choices}</Choices></View>'
+    assert 900_000 < len(xml) < labelconfig.MAX_CONFIG_BYTES
+    parses = 0
+    real = labelconfig._parse_xml
+
+    def counting(text: str) -> Any:
+        nonlocal parses
+        parses += 1
+        return real(text)
+
+    monkeypatch.setattr(labelconfig, "_parse_xml", counting)
+    for _ in range(2):
+        with pytest.raises(labelconfig.LabelConfigError) as info:
+            labelconfig.parse_label_config(xml)
+        assert (
+            str(info.value)
+            == "no <Choices> bound to a Text or Table object (<Choices name='c'> repeats choice values ['c7'])"
+        )
+    assert parses == 1
