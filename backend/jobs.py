@@ -9,6 +9,10 @@ before its job is enqueued, so for ENQUEUE_GRACE seconds a marker whose job is n
 joined, not taken for a leftover (a burst of events would otherwise queue several). A per-project
 Redis lock keeps two workers from running the same project at once, so at most one cycle runs.
 
+Jobs are stored as JSON (rq's JSONSerializer), never pickled: whoever can write to Redis can at
+most name one of the JOB_FUNCS with JSON arguments, which the worker checks before it imports
+anything (backend.worker.LsalWorker). Everything that reads a job passes SERIALIZER.
+
 Everything takes an explicit Redis connection; no module-level state.
 """
 
@@ -26,6 +30,7 @@ import redis
 from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +38,10 @@ JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 CYCLE_FUNC = "backend.worker.cycle_job"
 SCORE_NEW_FUNC = "backend.worker.score_new_tasks_job"
 CLEANUP_FUNC = "backend.worker.cleanup_job"
+#: the only functions a worker runs; a job naming anything else fails without being imported
+JOB_FUNCS = frozenset({CYCLE_FUNC, SCORE_NEW_FUNC, CLEANUP_FUNC})
+#: how every job, its meta and its result are stored in Redis: JSON, which cannot execute code on load
+SERIALIZER = JSONSerializer
 
 #: seconds a project lock outlives its holder's last keep-alive (a worker killed mid-cycle)
 LOCK_TTL = 30
@@ -65,7 +74,7 @@ class Jobs:
         self.redis = connection
         self.queue_name = queue_name
         self.job_timeout = job_timeout
-        self.queue = Queue(queue_name, connection=connection, default_timeout=job_timeout)
+        self.queue = Queue(queue_name, connection=connection, default_timeout=job_timeout, serializer=SERIALIZER)
         # A queued marker outlives any job that could still be waiting behind it.
         self.marker_ttl = job_timeout * 4
 
@@ -100,7 +109,7 @@ class Jobs:
             existing = self.redis.get(marker)
             if existing is None:
                 continue  # cleared between SET and GET: the worker took it; try again
-            existing_id = existing.decode()
+            existing_id = existing.decode() if isinstance(existing, bytes) else str(existing)
             if self._is_live(existing_id) or self._being_enqueued(marker, existing_id):
                 return Enqueued(existing_id, False)
             # A marker left behind by a job that no longer waits (its worker died before clearing it).
@@ -160,7 +169,7 @@ class Jobs:
 
     def _is_live(self, job_id: str) -> bool:
         try:
-            job = Job.fetch(job_id, connection=self.redis)
+            job = Job.fetch(job_id, connection=self.redis, serializer=SERIALIZER)
         except NoSuchJobError:
             return False
         status = job.get_status(refresh=False)
@@ -174,7 +183,7 @@ class Jobs:
         if not JOB_ID_RE.match(job_id):
             raise ValueError(f"job id must be 32 hex characters, got {job_id!r}")
         try:
-            job = Job.fetch(job_id, connection=self.redis)
+            job = Job.fetch(job_id, connection=self.redis, serializer=SERIALIZER)
         except NoSuchJobError:
             return None
         meta = job.get_meta(refresh=False) or {}

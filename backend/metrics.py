@@ -37,6 +37,7 @@ from rq import Queue, Worker
 
 from backend import __version__
 from backend.config import Settings
+from backend.jobs import SERIALIZER
 from backend.store import ModelStore, StoreError, parse_version
 
 if TYPE_CHECKING:  # the web framework is imported lazily: workers import this module for record_cycle
@@ -218,7 +219,7 @@ class _DerivedCollector:
         yield from self._per_project(last, failures)
 
     def _from_redis(self, conn: redis.Redis) -> tuple[list[Metric], dict[int, dict[str, Any]], dict[int, float]]:
-        queue = Queue(self.owner.queue_name, connection=conn)
+        queue = Queue(self.owner.queue_name, connection=conn, serializer=SERIALIZER)
         registries = {
             "started": queue.started_job_registry,
             "scheduled": queue.scheduled_job_registry,  # includes jobs waiting for a retry

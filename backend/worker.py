@@ -21,7 +21,7 @@ from threadpoolctl import threadpool_limits
 
 from backend.config import Settings
 from backend.cycle import CycleDeps, cleanup_stale, run_cycle, score_new_tasks
-from backend.jobs import CLEANUP_FUNC, LOCK_TTL, Jobs, progress_reporter
+from backend.jobs import CLEANUP_FUNC, JOB_FUNCS, LOCK_TTL, SERIALIZER, Jobs, progress_reporter
 from backend.labelstudio import LabelStudioClient, LabelStudioError
 from backend.metrics import record_cycle, record_cycle_failure
 from backend.store import ModelStore
@@ -134,6 +134,32 @@ def score_new_tasks_job(project: int, task_ids: list[int]) -> dict[str, object]:
     return score_new_tasks(deps, project, task_ids)
 
 
+REFUSED_FUNC = "backend.worker.refused_job"
+
+
+def refused_job(reason: str) -> None:
+    """What a job that is not one of lsal's own runs instead: it fails, saying why."""
+    raise PermissionError(f"job refused: {reason}")
+
+
+def refusal(job: Job) -> str | None:
+    """Why `job` must not run, or None for one of lsal's own jobs.
+
+    Only JOB_FUNCS run, and without RQ's callbacks or webhooks (which name more code to import
+    and URLs to call): a job written into Redis by anyone else imports and calls nothing.
+    """
+    try:
+        func_name = job.func_name
+    except Exception as exc:  # undecodable data, e.g. a pickled job from an older lsal or an attacker
+        return f"its data cannot be decoded as JSON ({type(exc).__name__})"
+    if func_name not in JOB_FUNCS:
+        return f"{str(func_name)[:100]!r} is not an lsal job"
+    callbacks = (job._success_callback_name, job._failure_callback_name, job._stopped_callback_name)
+    if any(callbacks) or job.webhooks:
+        return "lsal jobs carry no callbacks or webhooks"
+    return None
+
+
 class LsalWorker(SimpleWorker):
     """A SimpleWorker whose running job keeps a short heartbeat.
 
@@ -150,6 +176,17 @@ class LsalWorker(SimpleWorker):
 
     def get_heartbeat_ttl(self, job: Job) -> int:
         return self.HEARTBEAT + 30
+
+    def perform_job(self, job: Job, queue: Queue) -> bool:
+        problem = refusal(job)
+        if problem is not None:
+            # Run the refusal in the job's place, so RQ records the failure as for any job.
+            log.error("job %s refused: %s", job.id, problem)
+            job._func_name, job._instance, job._args, job._kwargs = REFUSED_FUNC, None, (problem,), {}
+            job._success_callback_name = job._failure_callback_name = job._stopped_callback_name = None
+            job.webhooks = []
+            job.retries_left = 0
+        return super().perform_job(job, queue)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         stop = threading.Event()
@@ -179,13 +216,17 @@ def run_worker(redis_url: str, queue_name: str, *, burst: bool = False, name: st
     worker loop instead of exiting: a job cut off by the outage is re-run by RQ's maintenance.
     """
     connection = redis.Redis.from_url(redis_url)
-    queue = Queue(queue_name, connection=connection)
+    queue = Queue(queue_name, connection=connection, serializer=SERIALIZER)
     level = logging.getLevelName(logging.getLogger().level) or "INFO"
     restarts = 0
     while True:
         worker_name = name if restarts == 0 or name is None else f"{name}-r{restarts}"
         worker = LsalWorker(
-            [queue], connection=connection, name=worker_name, maintenance_interval=LsalWorker.MAINTENANCE
+            [queue],
+            connection=connection,
+            name=worker_name,
+            maintenance_interval=LsalWorker.MAINTENANCE,
+            serializer=SERIALIZER,
         )
         try:
             result = worker.work(burst=burst, with_scheduler=True, logging_level=level)

@@ -195,12 +195,14 @@ def cycles_idle(settings: Settings) -> bool:
     from rq.intermediate_queue import IntermediateQueue
     from rq.job import Job
 
+    from backend.jobs import SERIALIZER
+
     with redis.Redis.from_url(settings.redis_url) as conn:
         queue = Queue(settings.queue_name, connection=conn)
         # A worker LMOVEs a job to the intermediate list before registering it as started.
         moving = IntermediateQueue(queue.key, conn).get_job_ids()
         ids = queue.job_ids + moving + queue.started_job_registry.get_job_ids()
-        jobs = Job.fetch_many(ids, connection=conn)
+        jobs = Job.fetch_many(ids, connection=conn, serializer=SERIALIZER)
     return not any((j.meta or {}).get("kind") == "cycle" for j in jobs if j)
 
 

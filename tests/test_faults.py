@@ -37,6 +37,7 @@ import requests
 from rq import Queue
 
 from backend.config import Settings
+from backend.jobs import SERIALIZER
 from backend.store import ModelStore
 from tests.conftest import (
     DATASETS,
@@ -570,7 +571,7 @@ def test_a_thousand_webhooks_in_a_second(stack: Stack) -> None:
     assert 1 <= len(jobs) < 1000, "coalescing: the burst joined queued cycles"
     # Other tests of this module may leave their own jobs (RQ retries, cleanups) in the shared queue,
     # so only this project's queued cycles count.
-    waiting = Queue(stack.settings.queue_name, connection=stack.conn).get_jobs()
+    waiting = Queue(stack.settings.queue_name, connection=stack.conn, serializer=SERIALIZER).get_jobs()
     cycles = [j.id for j in waiting if j.meta.get("kind") == "cycle" and j.meta.get("project") == p]
     assert len(cycles) <= 1, f"{len(cycles)} cycles of project {p} waiting: coalescing allows one"
     wait_for(lambda: stack.store.current(p) and stack.store.metadata(p)["n_labels"] == 14, 120, 0.3,

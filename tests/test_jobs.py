@@ -10,7 +10,7 @@ import redis
 from rq import Queue
 from rq.job import Job
 
-from backend.jobs import CYCLE_FUNC, ENQUEUE_GRACE, Enqueued, Jobs
+from backend.jobs import CYCLE_FUNC, ENQUEUE_GRACE, SERIALIZER, Enqueued, Jobs
 
 
 @pytest.fixture
@@ -26,9 +26,9 @@ def test_second_request_joins_the_queued_cycle(jobs: Jobs) -> None:
     assert second.job_id == first.job_id
     queue = Queue(jobs.queue_name, connection=jobs.redis)
     assert queue.job_ids == [first.job_id]
-    job = Job.fetch(first.job_id, connection=jobs.redis)
+    job = Job.fetch(first.job_id, connection=jobs.redis, serializer=SERIALIZER)
     assert job.func_name == CYCLE_FUNC
-    assert job.args == (7, "train")
+    assert job.args == [7, "train"]  # JSON: no tuples
     assert job.meta["project"] == 7
 
 

@@ -26,6 +26,7 @@ from rq import Queue, SimpleWorker
 
 from backend import __version__
 from backend.config import Settings
+from backend.jobs import SERIALIZER
 from backend.metrics import (
     UNMATCHED,
     Metrics,
@@ -306,10 +307,10 @@ def test_redis_down_never_fails_recording_or_the_scrape(settings: Settings, tmp_
 
 
 def test_jobs_by_state_come_from_rq_registries(settings: Settings, redis_conn: redis.Redis) -> None:
-    queue = Queue(settings.queue_name, connection=redis_conn)
+    queue = Queue(settings.queue_name, connection=redis_conn, serializer=SERIALIZER)
     queue.enqueue_call("builtins.len", args=([1, 2],))
     queue.enqueue_call("builtins.int", args=("not a number",))  # raises: ends in the failed registry
-    SimpleWorker([queue], connection=redis_conn).work(burst=True)
+    SimpleWorker([queue], connection=redis_conn, serializer=SERIALIZER).work(burst=True)
     queue.enqueue_call("builtins.len", args=([1],))
     queue.enqueue_in(timedelta(hours=1), "builtins.len", [1])
     s = scrape(Metrics(settings, connection=redis_conn))

@@ -261,3 +261,52 @@ def test_huge_choice_list_is_checked_in_linear_time_and_refusals_are_cached(monk
             == "no <Choices> bound to a Text or Table object (<Choices name='c'> repeats choice values ['c7'])"
         )
     assert parses == 1
+
+
+class _Touch:
+    """Unpickling this runs code: it creates the file it names (what a pickled RQ job could do)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, tuple[str, ...]]:
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.integration
+def test_jobs_written_into_redis_by_someone_else_run_no_code(
+    settings: Settings, redis_conn: redis.Redis, worker: WorkerProcess, tmp_path: Path
+) -> None:
+    """Fault: jobs written straight into Redis: a pickled payload that runs code on load, a JSON job naming
+    another function, and an lsal job with an RQ callback
+    Done: the three jobs pushed onto lsal's queue; a real `lsal worker` takes them
+    Expected: each fails with "job refused: ..."; no file is created, no named function or callback runs
+    Observed: as expected
+    """
+    import pickle
+
+    from rq import Callback, Queue
+    from rq.job import Job
+
+    from backend.jobs import CYCLE_FUNC, SERIALIZER
+
+    pickled_marker, named_marker = tmp_path / "pickled", tmp_path / "named"
+    pickled_queue = Queue(settings.queue_name, connection=redis_conn)  # RQ's default: pickle
+    payload = _Touch(str(pickled_marker))
+    pickled = pickled_queue.enqueue_call("builtins.print", args=(payload,))
+    json_queue = Queue(settings.queue_name, connection=redis_conn, serializer=SERIALIZER)
+    named = json_queue.enqueue_call("os.mkdir", args=(str(named_marker),))
+    with_callback = json_queue.enqueue_call(
+        CYCLE_FUNC, args=(999_999, "attack"), on_success=Callback("os.abort"), on_failure=Callback("os.abort")
+    )
+
+    def failed(job_id: str) -> bool:
+        return Job.fetch(job_id, connection=redis_conn, serializer=SERIALIZER).get_status() == "failed"
+
+    for job in (pickled, named, with_callback):
+        wait_for(lambda job=job: failed(job.id), 60, what=f"job {job.id} refused")
+    log = worker.log()
+    assert "is not an lsal job" in log and "cannot be decoded as JSON" in log and "no callbacks" in log
+    assert not pickled_marker.exists() and not named_marker.exists()
+    assert worker.proc.poll() is None, "the worker is alive: os.abort never ran"
+    assert pickle.dumps(payload)  # the payload itself is a working exploit under pickle
