@@ -15,14 +15,12 @@ person entered: it writes predictions of its own versions and the project's `mod
 from __future__ import annotations
 
 import heapq
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,13 +28,13 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from backend import projects, stopping, strategies
-from backend.atomic import write_json
 from backend.config import ProjectConfig, Settings
 from backend.cycle_log import record_cycle
 from backend.labelconfig import TaskSpec, choices_result, parse_label_config, task_input
 from backend.labelstudio import LabelStudioClient
 from backend.learner import Learner, TrainingSet, training_set
 from backend.pool import PoolCache, PoolSnapshot, config_hash
+from backend.projectdir import ProjectDir, read_json, write_json
 from backend.store import ModelStore
 
 log = logging.getLogger("lsal.cycle")
@@ -159,31 +157,6 @@ def cross_validate(spec: TaskSpec, ts: TrainingSet, seed: int, folds: int = 5) -
     return {"cv_accuracy": round(acc, 6), "cv_macro_f1": round(f1, 6), "cv_folds": splitter.get_n_splits()}
 
 
-# -- written-version bookkeeping (so cleanup never touches versions lsal did not write) ----------
-
-
-def _written_path(model_dir: Path, project: int) -> Path:
-    return Path(model_dir) / str(project) / "written_versions.json"
-
-
-def written_versions(model_dir: Path, project: int) -> list[str]:
-    try:
-        return list(json.loads(_written_path(model_dir, project).read_text()))
-    except (OSError, ValueError):
-        return []
-
-
-def record_written(model_dir: Path, project: int, version: str) -> None:
-    versions = written_versions(model_dir, project)
-    if version not in versions:
-        write_json(_written_path(model_dir, project), [*versions, version])
-
-
-def forget_written(model_dir: Path, project: int, version: str) -> None:
-    versions = [v for v in written_versions(model_dir, project) if v != version]
-    write_json(_written_path(model_dir, project), versions)
-
-
 # -- the cycle -----------------------------------------------------------------------------------
 
 
@@ -243,28 +216,28 @@ def stop_set_agreement(
     MODEL_DIR/<project>/stopset.json; tasks that leave the pool stay in it, so successive versions
     are always compared on the same examples.
     """
-    root = Path(settings.model_dir) / str(project)
+    pdir = ProjectDir(settings.model_dir, project)
     by_id = dict(zip(ids, inputs, strict=True))
     try:
-        stop_ids = [int(i) for i in json.loads((root / "stopset.json").read_text())["ids"]]
-        stop_inputs = json.loads((root / "stopset.json").read_text())["inputs"]
-    except (OSError, ValueError, KeyError):
+        stored = read_json(pdir.stop_set)
+        stop_ids = [int(i) for i in stored["ids"]]
+        stop_inputs = stored["inputs"]
+    except (TypeError, ValueError, KeyError):
         rng = np.random.default_rng(settings.seed)
         pick = sorted(rng.choice(len(ids), min(stopping.STOP_SET_SIZE, len(ids)), replace=False)) if ids else []
         stop_ids = [ids[i] for i in pick]
         stop_inputs = [by_id[i] for i in stop_ids]
-        write_json(root / "stopset.json", {"ids": stop_ids, "inputs": stop_inputs})
+        write_json(pdir.stop_set, {"ids": stop_ids, "inputs": stop_inputs})
     if not stop_ids:
         return {"kappa": None, "changed": None, "compared": 0}
     labels = learner.predict_labels(learner.predict_proba(learner.transform(stop_inputs)))
     now = {i: list(lab) for i, lab in zip(stop_ids, labels, strict=True)}
     try:
-        prev_raw = json.loads((root / "stop_predictions.json").read_text())
-        prev = {int(k): v for k, v in prev_raw["labels"].items()}
-    except (OSError, ValueError, KeyError):
+        prev = {int(k): v for k, v in read_json(pdir.stop_predictions)["labels"].items()}
+    except (TypeError, ValueError, KeyError, AttributeError):
         prev = {}
     result = stopping.agreement(prev, now) if prev else {"kappa": None, "changed": None, "compared": 0}
-    write_json(root / "stop_predictions.json", {"version": version, "labels": now})
+    write_json(pdir.stop_predictions, {"version": version, "labels": now})
     return result
 
 
@@ -432,7 +405,7 @@ def select_for_queue(
 
 def _write(deps: CycleDeps, project: int, report: CycleReport, predictions: list[dict[str, Any]]) -> None:
     assert report.version is not None
-    record_written(deps.settings.model_dir, project, report.version)
+    ProjectDir(deps.settings.model_dir, project).record_written(report.version)
     with _stage(report, deps.progress, "write"):
         for start in range(0, len(predictions), IMPORT_CHUNK):
             chunk = predictions[start : start + IMPORT_CHUNK]
@@ -538,7 +511,7 @@ def score_new_tasks(deps: CycleDeps, project: int, task_ids: Sequence[int]) -> d
     if loaded is None:
         return {"status": "cold_start", "written": 0}
     version, learner = loaded
-    if version not in written_versions(deps.settings.model_dir, project):
+    if version not in ProjectDir(deps.settings.model_dir, project).written_versions():
         return {"status": "version_not_live", "written": 0}
     spec, config, _ = project_spec(deps, project)
     snap = PoolCache(deps.settings.model_dir, project).load()
@@ -583,10 +556,11 @@ def cleanup_stale(deps: CycleDeps, project: int) -> dict[str, int]:
     current = deps.client.get_project(project).get("model_version")
     present = deps.client.model_versions(project)
     deleted: dict[str, int] = {}
-    for version in written_versions(deps.settings.model_dir, project):
+    pdir = ProjectDir(deps.settings.model_dir, project)
+    for version in pdir.written_versions():
         if version == current:
             continue
         if version in present:
             deleted[version] = deps.client.delete_model_version(project, version)
-        forget_written(deps.settings.model_dir, project, version)
+        pdir.forget_written(version)
     return deleted

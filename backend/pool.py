@@ -1,16 +1,19 @@
 """The project's task pool, kept between cycles so a cycle need not re-read it from Label Studio.
 
-Reading every task costs seconds per few thousand tasks on Label Studio's side (label-studio.md
-§5), so the pool (task id -> data) lives in `MODEL_DIR/<project>/pool/`:
+Reading every task costs seconds per few thousand tasks on Label Studio's side, so the pool (task
+id -> data) lives in `MODEL_DIR/<project>/pool/` (paths in projectdir.py):
 
-- `snapshot.pkl`: ids and data as of the last sync, with the time of the last full read;
+- `snapshot.npz`: ids and data as of the last sync, with the time of the last full read, and any
+  per-task arrays (`TaskArray`, e.g. embeddings). It is an npz read with `allow_pickle=False` whose
+  members are numeric arrays and UTF-8 JSON stored as bytes, so loading it cannot run code;
 - `events.jsonl`: appended by webhook jobs (`TASKS_CREATED` adds tasks with their data,
   `TASKS_DELETED` removes ids), one JSON line each, folded into the snapshot by the next cycle.
 
-Every worker sharing MODEL_DIR sees the same pool. A full read from Label Studio happens when
-there is no snapshot, when the label config changed, or every `reconcile_seconds` (catching
-anything an event missed, e.g. tasks deleted while Redis was down). Label Studio stays the source
-of truth: losing this directory costs one full read.
+Both are written durably (projectdir: temp file + fsync + rename + directory fsync for the snapshot,
+fsync()ed appends for the log). Every worker sharing MODEL_DIR sees the same pool. A full read from
+Label Studio happens when there is no snapshot, when the label config changed, or every
+`reconcile_seconds` (catching anything an event missed, e.g. tasks deleted while Redis was down).
+Label Studio stays the source of truth: losing this directory costs one full read.
 """
 
 from __future__ import annotations
@@ -18,66 +21,156 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import io
 import json
 import os
-import pickle
-import tempfile
 import time
+import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SNAPSHOT_FORMAT = 1
+import numpy as np
+
+from backend.projectdir import ProjectDir, append_line, atomic_file, complete_lines, make_private_dir, write_atomic
+
+SNAPSHOT_FORMAT = 2  # 1 was a pickle (snapshot.pkl), never read again
+_ARRAY_PREFIX = "array."
+
+
+@dataclass
+class TaskArray:
+    """A per-task numeric matrix kept in the snapshot: row i belongs to task `ids[i]`.
+
+    Rows of tasks that are no longer in the pool are dropped when the snapshot is saved; tasks added
+    since have no row (`rows` reports them as missing).
+    """
+
+    ids: np.ndarray  # int64, shape (n,)
+    values: np.ndarray  # numeric, shape (n, ...)
+
+    def __post_init__(self) -> None:
+        self.ids = np.asarray(self.ids, dtype=np.int64).reshape(-1)
+        self.values = np.asarray(self.values)
+        if self.values.dtype.kind not in "biuf":
+            raise TypeError(f"a TaskArray holds numbers, got dtype {self.values.dtype}")
+        if len(self.values) != len(self.ids):
+            raise ValueError(f"{len(self.ids)} ids but {len(self.values)} rows")
+
+    def rows(self, ids: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(found, values): whether each id has a row, and the rows (zeros where not found)."""
+        wanted = np.fromiter((int(i) for i in ids), dtype=np.int64)
+        order = np.argsort(self.ids, kind="stable")
+        pos = np.searchsorted(self.ids, wanted, sorter=order)
+        pos = np.minimum(pos, max(len(self.ids) - 1, 0))
+        found = np.zeros(len(wanted), dtype=bool)
+        if len(self.ids):
+            found = self.ids[order[pos]] == wanted
+        out = np.zeros((len(wanted), *self.values.shape[1:]), dtype=self.values.dtype)
+        if found.any():
+            out[found] = self.values[order[pos[found]]]
+        return found, out
 
 
 @dataclass
 class PoolSnapshot:
+    """The pool as of the last sync: task id -> data, plus per-task arrays by name."""
+
     data: dict[int, Any] = field(default_factory=dict)  # task id -> task data (as Label Studio holds it)
     synced_at: float = 0.0  # time of the last full read from Label Studio
     config_hash: str = ""
+    arrays: dict[str, TaskArray] = field(default_factory=dict)
 
 
 def config_hash(label_config: str) -> str:
+    """A short fingerprint of the label config: a changed config means a full read of the pool."""
     return hashlib.sha256(label_config.encode()).hexdigest()[:16]
 
 
+def _json_bytes(value: Any) -> np.ndarray:
+    return np.frombuffer(json.dumps(value, separators=(",", ":")).encode(), dtype=np.uint8)
+
+
+def write_snapshot(file: Any, snap: PoolSnapshot) -> None:
+    """Write `snap` as an npz to a binary file object (no pickled member)."""
+    ids = np.fromiter(sorted(snap.data), dtype=np.int64, count=len(snap.data))
+    members: dict[str, np.ndarray] = {
+        "meta": _json_bytes({"format": SNAPSHOT_FORMAT, "synced_at": snap.synced_at, "config_hash": snap.config_hash}),
+        "ids": ids,
+        "data": _json_bytes([snap.data[int(i)] for i in ids]),
+    }
+    for name, arr in snap.arrays.items():
+        keep = np.isin(arr.ids, ids)  # rows of deleted tasks go
+        members[f"{_ARRAY_PREFIX}{name}.ids"] = arr.ids[keep]
+        members[f"{_ARRAY_PREFIX}{name}.values"] = arr.values[keep]
+    np.savez(file, **members)  # type: ignore[arg-type]
+
+
+def read_snapshot(file: Any) -> PoolSnapshot | None:
+    """Read an npz written by `write_snapshot`; None if it is not one (never unpickles anything)."""
+    try:
+        with np.load(file, allow_pickle=False) as npz:
+            meta = json.loads(npz["meta"].tobytes())
+            if not isinstance(meta, dict) or meta.get("format") != SNAPSHOT_FORMAT:
+                return None
+            ids = npz["ids"]
+            data = json.loads(npz["data"].tobytes())
+            if ids.dtype.kind not in "iu" or not isinstance(data, list) or len(data) != len(ids):
+                return None
+            arrays: dict[str, TaskArray] = {}
+            for key in npz.files:
+                if key.startswith(_ARRAY_PREFIX) and key.endswith(".ids"):
+                    name = key[len(_ARRAY_PREFIX) : -len(".ids")]
+                    arrays[name] = TaskArray(npz[key], npz[f"{_ARRAY_PREFIX}{name}.values"])
+            return PoolSnapshot(
+                data=dict(zip(ids.tolist(), data, strict=True)),
+                synced_at=float(meta["synced_at"]),
+                config_hash=str(meta["config_hash"]),
+                arrays=arrays,
+            )
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError):
+        # ValueError includes numpy's refusal of a pickled (object) member under allow_pickle=False.
+        return None
+
+
 class PoolCache:
+    """The pool of one project on disk: an npz snapshot plus an append-only event log."""
+
     def __init__(self, model_dir: Path, project: int) -> None:
-        self.dir = Path(model_dir) / str(int(project)) / "pool"
-        self.snapshot_path = self.dir / "snapshot.pkl"
-        self.events_path = self.dir / "events.jsonl"
+        self.pdir = ProjectDir(model_dir, project)
+        self.dir = self.pdir.pool
+        self.snapshot_path = self.pdir.pool_snapshot
+        self.events_path = self.pdir.pool_events
         self._folded = 0  # bytes of the event log that the last load() applied
 
     @contextlib.contextmanager
     def _events_lock(self) -> Iterator[None]:
         """Appends and the log rotation in save() exclude each other, so no event is lost."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / ".events.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        make_private_dir(self.dir)
+        fd = os.open(self.pdir.pool_events_lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     # -- events (written by webhook jobs; O(new tasks)) -----------------------------------------
 
     def _append(self, event: Mapping[str, Any]) -> None:
-        line = (json.dumps(event, separators=(",", ":")) + "\n").encode()
+        line = json.dumps(event, separators=(",", ":")).encode()
         with self._events_lock():
-            fd = os.open(self.events_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            try:
-                os.write(fd, line)
-            finally:
-                os.close(fd)
+            append_line(self.events_path, line)
 
     def add_tasks(self, tasks: Iterable[Mapping[str, Any]]) -> int:
+        """Record tasks to add (or whose data changed); returns how many were recorded."""
         items = [{"id": int(t["id"]), "data": t.get("data") or {}} for t in tasks if "id" in t]
         if items:
             self._append({"op": "add", "tasks": items})
         return len(items)
 
     def delete_tasks(self, ids: Iterable[int]) -> int:
+        """Record task ids to drop from the pool; returns how many were recorded."""
         gone = [int(i) for i in ids]
         if gone:
             self._append({"op": "del", "ids": gone})
@@ -86,30 +179,36 @@ class PoolCache:
     # -- snapshot (read and compacted by the cycle, under the project lock) ---------------------
 
     def load(self) -> PoolSnapshot | None:
+        """The snapshot with the event log applied; None if there is none (or it is unreadable).
+
+        Opening the project directory here removes temp files left by a writer that was killed.
+        """
         self._folded = 0
+        if self.pdir.root.is_dir():
+            self.pdir.open()
         try:
             with open(self.snapshot_path, "rb") as f:
-                raw = pickle.load(f)  # noqa: S301 - our own file inside MODEL_DIR
-        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError):
+                snap = read_snapshot(f)
+        except OSError:
             return None
-        if not isinstance(raw, dict) or raw.get("format") != SNAPSHOT_FORMAT:
+        if snap is None:
             return None
-        snap = PoolSnapshot(data=raw["data"], synced_at=float(raw["synced_at"]), config_hash=str(raw["config_hash"]))
         self.apply_events(snap)
         return snap
 
     def apply_events(self, snap: PoolSnapshot) -> None:
+        """Apply the logged events to `snap`, and remember how much of the log that covered."""
         try:
             raw = self.events_path.read_bytes()
         except OSError:
             return
         # Only whole lines count as folded: a line still being written stays for the next load.
         self._folded = raw.rfind(b"\n") + 1
-        for line in raw[: self._folded].splitlines():
+        for line in complete_lines(raw):
             try:
                 event = json.loads(line)
             except ValueError:
-                continue  # a torn last line from a crashed writer
+                continue  # a line torn by a crashed writer (terminated by the next append)
             if event.get("op") == "add":
                 for t in event.get("tasks", []):
                     snap.data[int(t["id"])] = t.get("data") or {}
@@ -118,24 +217,10 @@ class PoolCache:
                     snap.data.pop(int(i), None)
 
     def save(self, snap: PoolSnapshot) -> None:
-        """Write the snapshot (events already folded in) and start a new event log."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".snapshot-", dir=self.dir)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                payload = {
-                    "format": SNAPSHOT_FORMAT,
-                    "data": snap.data,
-                    "synced_at": snap.synced_at,
-                    "config_hash": snap.config_hash,
-                }
-                pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.snapshot_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Write the snapshot (events already folded in) durably and start a new event log."""
+        self.pdir.open()
+        with atomic_file(self.snapshot_path) as f:
+            write_snapshot(f, snap)
         self._drop_folded()
 
     def _drop_folded(self) -> None:
@@ -149,13 +234,18 @@ class PoolCache:
                     rest = f.read()
             except OSError:
                 return
-            fd, tmp = tempfile.mkstemp(prefix=".events-", dir=self.dir)
-            with os.fdopen(fd, "wb") as f:
-                f.write(rest)
-            os.replace(tmp, self.events_path)
+            write_atomic(self.events_path, rest)
         self._folded = 0
 
     def needs_full_read(self, snap: PoolSnapshot | None, label_config: str, reconcile_seconds: float) -> bool:
+        """True when the pool must be read from Label Studio again (none, new config, or due)."""
         if snap is None or snap.config_hash != config_hash(label_config):
             return True
         return time.time() - snap.synced_at > reconcile_seconds
+
+
+def snapshot_bytes(snap: PoolSnapshot) -> bytes:
+    """The snapshot as npz bytes (for tests and benchmarks)."""
+    buf = io.BytesIO()
+    write_snapshot(buf, snap)
+    return buf.getvalue()

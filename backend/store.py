@@ -24,7 +24,6 @@ threads); on NFS Linux emulates ``flock`` with POSIX locks, which the server arb
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import logging
@@ -40,6 +39,9 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
+
+from backend import projectdir
+from backend.projectdir import DIR_MODE, FILE_MODE, ProjectDir, ProjectIdError, append_lines, fsync_dir, write_atomic
 
 __all__ = [
     "VERSION_RE",
@@ -58,15 +60,12 @@ T = TypeVar("T")
 
 VERSION_RE = re.compile(r"v([1-9][0-9]{0,11})-([0-9]{8}T[0-9]{6}Z)", re.ASCII)
 _SHORT_VERSION_RE = re.compile(r"v?([1-9][0-9]{0,11})", re.ASCII)
-# re.ASCII matters: str.isdigit() and \d without it accept e.g. Arabic-Indic digits.
-_PROJECT_RE = re.compile(r"[0-9]{1,18}", re.ASCII)
-_MAX_PROJECT = 10**18 - 1
 
 METADATA_FILE = "metadata.json"
 CURRENT_FILE = "CURRENT"
 HISTORY_FILE = "history.jsonl"
 LOCK_FILE = ".lock"
-_POINTER_TMP = ".CURRENT.tmp"  # only written under the project lock, so one fixed name suffices
+_POINTER_TMP = ".CURRENT.tmp"  # the pointer's temp file in earlier releases: removed if found
 _TMP_PREFIX = ".tmp-"
 _TRASH_PREFIX = ".trash-"
 _PUBLISH_LOCK = ".publish.lock"
@@ -84,13 +83,10 @@ class StoreWriteError(OSError):
 
 def validate_project(project: object) -> int:
     """Return the project id as an int; accept only an int or a string of ASCII digits."""
-    # bool is an int subclass, and True would silently become project 1.
-    if isinstance(project, int) and not isinstance(project, bool):
-        if 0 <= project <= _MAX_PROJECT:
-            return project
-    elif isinstance(project, str) and _PROJECT_RE.fullmatch(project):
-        return int(project)
-    raise StoreError(f"project id must be a plain non-negative integer, got {project!r}")
+    try:
+        return projectdir.validate_project(project)
+    except ProjectIdError as exc:
+        raise StoreError(str(exc)) from None
 
 
 def validate_version(version: object) -> str:
@@ -144,20 +140,8 @@ def _json_safe(value: Any, where: str) -> Any:
     raise StoreError(f"metadata value at {where} is not JSON-serialisable: {value!r}")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        # Some file systems cannot fsync a directory; the rename is still atomic there.
-        if exc.errno != errno.EINVAL:
-            raise
-    finally:
-        os.close(fd)
-
-
 def _write_file(path: Path, data: bytes, *, sync: bool) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     try:
         view = memoryview(data)
         while view:
@@ -304,7 +288,7 @@ class ModelStore:
         except (FileNotFoundError, NotADirectoryError):
             return []
         # "007" would be a second directory for project 7; only the canonical spelling counts.
-        canonical = [e for e in entries if _PROJECT_RE.fullmatch(e.name) and str(int(e.name)) == e.name]
+        canonical = [e for e in entries if projectdir.is_project_name(e.name)]
         return sorted(int(e.name) for e in canonical if e.is_dir(follow_symlinks=False))
 
     def resolve_version(self, project: int, ref: str) -> str:
@@ -370,7 +354,7 @@ class ModelStore:
     def _project_lock(self, project_dir: Path) -> Iterator[None]:
         # A fresh open per acquisition: flock excludes other open file descriptions, which makes it
         # work between threads and between stores in one process as well as between processes.
-        fd = os.open(project_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(project_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -381,9 +365,9 @@ class ModelStore:
         # Called under the project lock, and the temp dir's own lock is taken before that is
         # released, so a cleaner (which also holds the project lock) never sees an unlocked live one.
         tmp = project_dir / f"{_TMP_PREFIX}{secrets.token_hex(8)}"
-        os.mkdir(tmp, 0o755)
+        os.mkdir(tmp, DIR_MODE)
         try:
-            fd = os.open(tmp / _PUBLISH_LOCK, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(tmp / _PUBLISH_LOCK, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -437,36 +421,21 @@ class ModelStore:
                     continue
                 fd = os.open(path, os.O_RDONLY)
                 try:
+                    os.fchmod(fd, FILE_MODE)  # artifact writers use the umask; a model is for lsal only
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-            _fsync_dir(Path(dirpath))
+            fsync_dir(Path(dirpath))
 
     def _rename(self, tmp: Path, final: Path) -> None:
         os.rename(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
 
     def _write_pointer(self, project_dir: Path, version: str) -> None:
-        tmp = project_dir / _POINTER_TMP
-        _write_file(tmp, f"{version}\n".encode("ascii"), sync=True)
-        os.replace(tmp, project_dir / CURRENT_FILE)
-        _fsync_dir(project_dir)
+        write_atomic(project_dir / CURRENT_FILE, f"{version}\n".encode("ascii"))
 
     def _append_history(self, project_dir: Path, records: list[dict]) -> None:
-        if not records:
-            return
-        data = b"".join(json.dumps(r, allow_nan=False).encode() + b"\n" for r in records)
-        fd = os.open(project_dir / HISTORY_FILE, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":
-                data = b"\n" + data  # finish a line torn by a crash so this one parses
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_lines(project_dir / HISTORY_FILE, [json.dumps(r, allow_nan=False).encode() for r in records])
 
     def _record_history(self, project: int, project_dir: Path, record: dict) -> None:
         known = {e["version"] for e in self._read_history(project_dir)}
@@ -514,7 +483,7 @@ class ModelStore:
         pdir = self._dir(p)
         what = f"publishing a model for project {p} in {pdir}"
         with self._writing(f"{what}: creating the project directory"):
-            pdir.mkdir(parents=True, exist_ok=True)
+            ProjectDir(self.root, p).open()
         if not pdir.resolve().is_relative_to(self.root):
             raise StoreError(f"project directory {pdir} resolves outside {self.root}")
         with self._writing(f"{what}: creating a temporary directory"), self._project_lock(pdir):

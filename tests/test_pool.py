@@ -1,10 +1,21 @@
 from __future__ import annotations
 
+import json
 import multiprocessing
+import os
+import pickle
+import signal
+import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from backend.pool import PoolCache, PoolSnapshot, config_hash
+import numpy as np
+import pytest
+
+from backend.pool import PoolCache, PoolSnapshot, TaskArray, config_hash
 
 
 def test_snapshot_round_trip_with_events(tmp_path: Path) -> None:
@@ -81,3 +92,120 @@ def test_concurrent_appends_while_compacting_lose_nothing(tmp_path: Path) -> Non
     final = cache.load()
     assert final is not None
     assert sorted(final.data) == list(range(200)) + list(range(1000, 1200))
+
+
+# -- no code from data at rest; durable, private files -------------------------------------------
+
+
+class _Payload:
+    """Unpickling this creates `marker`: proof that a load executed code from the file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_snapshot_with_a_pickled_member_is_not_executed(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    cache = PoolCache(tmp_path, 1)
+    cache.save(PoolSnapshot({1: {"text": "a"}}, synced_at=1.0, config_hash="h"))
+    evil = np.array([_Payload(marker)], dtype=object)
+    with open(cache.snapshot_path, "wb") as f:
+        np.savez(f, meta=evil, ids=np.array([1]), data=evil)  # np.savez pickles object arrays
+    assert cache.load() is None
+    assert not marker.exists()
+    # A bare pickle under the snapshot's name is refused too.
+    cache.snapshot_path.write_bytes(pickle.dumps(_Payload(marker)))
+    assert cache.load() is None
+    assert not marker.exists()
+    # The sanity check that the payload does run when unpickled (so the test can fail).
+    pickle.loads(cache.snapshot_path.read_bytes())
+    assert marker.exists()
+
+
+def test_the_pickled_snapshot_of_earlier_releases_is_removed_unread(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    cache = PoolCache(tmp_path, 1)
+    cache.dir.mkdir(parents=True)
+    legacy = cache.dir / "snapshot.pkl"
+    legacy.write_bytes(pickle.dumps(_Payload(marker)))
+    assert cache.load() is None
+    assert not legacy.exists()
+    assert not marker.exists()
+
+
+def test_snapshot_is_an_npz_of_numbers_and_json(tmp_path: Path) -> None:
+    cache = PoolCache(tmp_path, 1)
+    cache.save(PoolSnapshot({2: {"text": "b"}, 1: {"text": "a"}}, synced_at=5.0, config_hash="h"))
+    with np.load(cache.snapshot_path, allow_pickle=False) as npz:
+        assert sorted(npz.files) == ["data", "ids", "meta"]
+        assert npz["ids"].tolist() == [1, 2]
+        assert json.loads(npz["data"].tobytes()) == [{"text": "a"}, {"text": "b"}]
+        assert json.loads(npz["meta"].tobytes()) == {"format": 2, "synced_at": 5.0, "config_hash": "h"}
+    assert stat.S_IMODE(cache.snapshot_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(cache.dir.stat().st_mode) == 0o700
+    cache.add_tasks([{"id": 3, "data": {}}])
+    assert stat.S_IMODE(cache.events_path.stat().st_mode) == 0o600
+
+
+def test_task_arrays_round_trip_by_id_and_drop_deleted_rows(tmp_path: Path) -> None:
+    cache = PoolCache(tmp_path, 1)
+    emb = np.array([[1, 2], [3, 4], [5, 6]], dtype=np.float16)
+    snap = PoolSnapshot({10: {}, 20: {}, 30: {}}, synced_at=1.0, config_hash="h")
+    snap.arrays["embedding"] = TaskArray(np.array([30, 10, 20]), emb)
+    cache.save(snap)
+    cache.delete_tasks([10])
+    cache.add_tasks([{"id": 40, "data": {}}])
+    loaded = cache.load()
+    assert loaded is not None and sorted(loaded.data) == [20, 30, 40]
+    cache.save(loaded)
+    again = cache.load()
+    assert again is not None
+    arr = again.arrays["embedding"]
+    assert arr.values.dtype == np.float16
+    assert sorted(arr.ids.tolist()) == [20, 30]  # task 10's row went with the task
+    found, rows = arr.rows([20, 40, 30])
+    assert found.tolist() == [True, False, True]
+    assert rows.tolist() == [[5, 6], [0, 0], [1, 2]]
+
+
+def test_task_arrays_hold_numbers_only() -> None:
+    with pytest.raises(TypeError, match="holds numbers"):
+        TaskArray(np.array([1]), np.array([{"a": 1}], dtype=object))
+
+
+_SAVER = """
+import sys, time
+from pathlib import Path
+from backend import projectdir
+from backend.pool import PoolCache, PoolSnapshot
+root, ready = Path(sys.argv[1]), Path(sys.argv[2])
+real = projectdir.os.replace
+def stall(src, dst):
+    ready.touch()
+    time.sleep(120)  # SIGKILLed here: the new snapshot is written, not yet renamed
+projectdir.os.replace = stall
+PoolCache(root, 1).save(PoolSnapshot({i: {"text": str(i)} for i in range(1000)}, synced_at=2.0, config_hash="new"))
+"""
+
+
+def test_sigkill_mid_save_keeps_the_old_snapshot_and_the_next_open_removes_the_temp_file(tmp_path: Path) -> None:
+    cache = PoolCache(tmp_path, 1)
+    cache.save(PoolSnapshot({1: {"text": "old"}}, synced_at=1.0, config_hash="old"))
+    ready = tmp_path / "ready"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    child = subprocess.Popen([sys.executable, "-c", _SAVER, str(tmp_path), str(ready)], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert time.monotonic() < deadline, "the saver never reached the rename"
+            time.sleep(0.02)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    assert [n for n in os.listdir(cache.dir) if n.startswith(".tmp-")] != []
+    snap = PoolCache(tmp_path, 1).load()
+    assert snap is not None and (snap.data, snap.config_hash) == ({1: {"text": "old"}}, "old")
+    assert sorted(os.listdir(cache.dir)) == ["snapshot.npz"]
