@@ -197,7 +197,7 @@ def write_json(path: Path, value: Any) -> None:
     write_atomic(path, json.dumps(value, separators=(",", ":")).encode())
 
 
-def read_json(path: Path) -> Any | None:
+def read_json(path: Path) -> Any:
     """The JSON value in `path`, or None when it is missing or unreadable (derived state: rebuilt)."""
     try:
         return json.loads(Path(path).read_bytes())
