@@ -207,7 +207,7 @@ def cycles_idle(settings: Settings) -> bool:
 
 
 # A real Label Studio 1.23.2 (session template, one instance per module): see tests/lsharness.py.
-from tests.lsharness import label_studio, label_studio_template  # noqa: E402,F401
+from tests.lsharness import label_studio  # noqa: E402,F401
 
 
 class LsalServer:

@@ -3,10 +3,18 @@
 * :func:`ensure_label_studio` installs Label Studio into its own virtualenv (``$LSAL_LS_VENV``, default
   ``~/.cache/lsal/ls-1.23.2``) unless it is there already; a file lock makes concurrent callers wait
   for one install.
-* :func:`session_template` builds, once per process, a migrated data dir with a known user, a legacy
-  token and a personal access token (PAT): LS's first start migrates SQLite (~30-45 s).
+* :func:`session_template` builds, once per process and database kind, a migrated data dir with a
+  known user, a legacy token and a personal access token (PAT): LS's first start migrates its
+  database (~30-45 s).
 * :func:`start_label_studio` copies the template (``cp -a``, ~1.5 MB) and starts LS on a free port
   (~5-10 s); :class:`LabelStudio` stops the whole process group.
+
+Two databases (label-studio.md §6): ``sqlite`` (LS's default; the database lives in the data dir) and
+``postgresql`` (``DJANGO_DB=default`` + ``POSTGRE_*``; the server is ``$LSAL_TEST_POSTGRES``, default
+``postgresql://postgres@127.0.0.1:5432``). On PostgreSQL the template is migrated once into a
+database ``lsal_tpl_<pid>_<hex>`` and every instance gets its own ``CREATE DATABASE lsal_ls_<pid>_<hex>
+TEMPLATE ...`` (~0.1 s), dropped when it stops; the pid in the name lets a later run drop what a
+killed run left behind without touching the databases of runs that are still alive.
 
 How the PAT is obtained: the organisation is created with ``--enable-legacy-api-token`` (so the legacy
 ``--user-token`` works) and JWT API tokens stay enabled (``JWTSettings.api_tokens_enabled`` defaults
@@ -14,9 +22,12 @@ to True), so ``POST /api/token/`` authenticated with the legacy token creates th
 refresh JWT signed with the data dir's SECRET_KEY, stored in ``<data dir>/.env``, so it stays valid in
 every copy of the template).
 
-Pytest wiring (session template, one instance per module), in tests/conftest.py::
+Pytest wiring (one instance per test module and database), in tests/conftest.py::
 
-    from tests.lsharness import label_studio, label_studio_template  # noqa: F401 - fixtures
+    from tests.lsharness import label_studio  # noqa: F401 - fixture, parametrized over LS_DATABASES
+
+``LSAL_LS_DATABASES=sqlite`` (comma-separated) narrows the parametrization for a local run; by
+default both run, and an unreachable PostgreSQL fails its variants with a message saying so.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pytest
 import requests
@@ -63,6 +75,12 @@ LS_ENV = {
     "LOG_LEVEL": "INFO",
     "PYTHONUNBUFFERED": "1",
 }
+
+
+#: the databases Label Studio runs on in the e2e suite (and in bench/bench_freshness.py --db)
+LS_DATABASES = ("sqlite", "postgresql")
+DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432"
+_DB_PREFIX = "lsal_"
 
 
 def ls_venv() -> Path:
@@ -128,6 +146,110 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class PostgresUnavailable(RuntimeError):
+    """The PostgreSQL server for Label Studio cannot be reached or used."""
+
+
+@dataclass(frozen=True)
+class Postgres:
+    """A PostgreSQL server Label Studio can use; administered with ``psql`` (no driver needed here)."""
+
+    host: str = "127.0.0.1"
+    port: int = 5432
+    user: str = "postgres"
+    password: str = ""
+
+    @classmethod
+    def from_url(cls, url: str) -> Postgres:
+        parts = urlsplit(url)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError(f"expected postgresql://user[:password]@host:port, got scheme {parts.scheme!r}")
+        return cls(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 5432,
+            user=unquote(parts.username or "postgres"),
+            password=unquote(parts.password or ""),
+        )
+
+    @classmethod
+    def from_env(cls) -> Postgres:
+        return cls.from_url(os.environ.get("LSAL_TEST_POSTGRES") or DEFAULT_POSTGRES)
+
+    def __str__(self) -> str:
+        return f"postgresql://{self.user}@{self.host}:{self.port}"  # never the password
+
+    def psql(self, sql: str, *, timeout: float = 60.0) -> str:
+        """Run one SQL statement on the ``postgres`` database; its unaligned output."""
+        exe = shutil.which("psql")
+        if exe is None:
+            raise PostgresUnavailable("psql is not installed (apt-get install postgresql-client)")
+        env = {**os.environ, "PGPASSWORD": self.password, "PGCONNECT_TIMEOUT": "5"}
+        cmd = [exe, "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", self.host, "-p", str(self.port)]
+        cmd += ["-U", self.user, "-d", "postgres", "-c", sql]
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
+        if r.returncode != 0:
+            raise PostgresUnavailable(f"psql on {self} failed ({r.returncode}): {r.stderr.strip()[:500]}")
+        return r.stdout
+
+    def check(self) -> None:
+        """Raise :class:`PostgresUnavailable` with the reason unless the server answers and may create DBs."""
+        out = self.psql("SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user")
+        if out.strip() != "t":
+            raise PostgresUnavailable(f"user {self.user!r} on {self} may not create databases")
+
+    def create_database(self, name: str, *, template: str | None = None) -> None:
+        sql = f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")
+        self.psql(sql)
+
+    def drop_database(self, name: str) -> None:
+        self.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def drop_orphans(self) -> list[str]:
+        """Drop harness databases whose creating process is gone (a run that was killed)."""
+        names = self.psql(f"SELECT datname FROM pg_database WHERE datname LIKE '{_DB_PREFIX}%'").split()
+        dropped = []
+        for name in names:
+            pid = _owner_pid(name)
+            if pid is not None and not _alive(pid):
+                with contextlib.suppress(PostgresUnavailable):
+                    self.drop_database(name)
+                    dropped.append(name)
+        return dropped
+
+    def ls_env(self, database: str) -> dict[str, str]:
+        """Label Studio's variables for this server and ``database`` (label-studio.md §6)."""
+        return {
+            "DJANGO_DB": "default",
+            "POSTGRE_HOST": self.host,
+            "POSTGRE_PORT": str(self.port),
+            "POSTGRE_NAME": database,
+            "POSTGRE_USER": self.user,
+            "POSTGRE_PASSWORD": self.password,
+        }
+
+
+def new_database_name(kind: str) -> str:
+    """``lsal_<kind>_<pid>_<hex>``: unique across concurrent runs, and tells whose it is."""
+    return f"{_DB_PREFIX}{kind}_{os.getpid()}_{secrets.token_hex(4)}"
+
+
+def _owner_pid(name: str) -> int | None:
+    parts = name.split("_")
+    if len(parts) != 4 or not parts[2].isdigit():
+        return None
+    return int(parts[2])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @dataclass(frozen=True)
 class Credentials:
     email: str
@@ -143,16 +265,37 @@ class Template:
     data_dir: Path
     credentials: Credentials
     first_start_s: float
+    database: str = "sqlite"
+    #: on PostgreSQL: the server and the migrated template database each instance is copied from
+    postgres: Postgres | None = None
+    pg_template: str | None = None
 
 
 class LabelStudio:
-    """One running Label Studio: ``url``, ``legacy_token``, ``pat``, ``log_path``; ``stop()`` ends it."""
+    """One running Label Studio: ``url``, ``legacy_token``, ``pat``, ``log_path``; ``stop()`` ends it.
 
-    def __init__(self, executable: Path, data_dir: Path, credentials: Credentials, *, workdir: Path) -> None:
+    With ``postgres`` and ``pg_database`` it runs on that PostgreSQL database; ``owns_database``
+    makes ``stop()`` drop it.
+    """
+
+    def __init__(
+        self,
+        executable: Path,
+        data_dir: Path,
+        credentials: Credentials,
+        *,
+        workdir: Path,
+        postgres: Postgres | None = None,
+        pg_database: str | None = None,
+        owns_database: bool = False,
+    ) -> None:
         self.executable = executable
         self.data_dir = data_dir
         self.credentials = credentials
         self.workdir = workdir
+        self.postgres = postgres
+        self.pg_database = pg_database
+        self.owns_database = owns_database
         self.home = workdir / "home"
         self.log_path = workdir / "label-studio.log"
         self.port = 0
@@ -176,13 +319,27 @@ class LabelStudio:
     def password(self) -> str:
         return self.credentials.password
 
+    @property
+    def database(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return "postgresql" if self.postgres is not None else "sqlite"
+
     def __repr__(self) -> str:
-        return f"LabelStudio(url={self.url!r}, data_dir={str(self.data_dir)!r})"
+        return f"LabelStudio(url={self.url!r}, database={self.database!r}, data_dir={str(self.data_dir)!r})"
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "DJANGO_"))}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("LABEL_STUDIO_", "DJANGO_", "POSTGRE_", "HEARTEX_", "PG"))
+        }
         env.pop("SECRET_KEY", None)
         env.update(LS_ENV)
+        if self.postgres is not None:
+            assert self.pg_database, "a PostgreSQL Label Studio needs its database name"
+            env.update(self.postgres.ls_env(self.pg_database))
+        else:
+            env["DJANGO_DB"] = "sqlite"
         env["HOME"] = str(self.home)
         env["LABEL_STUDIO_BASE_DATA_DIR"] = str(self.data_dir)
         env["PATH"] = f"{self.executable.parent}{os.pathsep}{env.get('PATH', '')}"
@@ -261,7 +418,17 @@ class LabelStudio:
         return tail
 
     def stop(self) -> None:
-        """Terminate the whole process group (SIGTERM, then SIGKILL after a grace period)."""
+        """Terminate the whole process group (SIGTERM, then SIGKILL); drop the database it owns."""
+        try:
+            self._stop_process()
+        finally:
+            if self.owns_database and self.postgres is not None and self.pg_database:
+                self.owns_database = False
+                _RUNNING.discard(self)
+                with contextlib.suppress(PostgresUnavailable, subprocess.TimeoutExpired):
+                    self.postgres.drop_database(self.pg_database)
+
+    def _stop_process(self) -> None:
         proc = self._proc
         if proc is None:
             return
@@ -318,8 +485,14 @@ def create_pat(url: str, legacy_token: str) -> str:
     return token
 
 
-def build_template(root: Path) -> Template:
-    """Migrate a fresh data dir under ``root``, create user, legacy token and PAT; LS is stopped after."""
+def build_template(root: Path, database: str = "sqlite", postgres: Postgres | None = None) -> Template:
+    """Migrate a fresh data dir (and database) under ``root``, create user, legacy token and PAT.
+
+    LS is stopped after. On PostgreSQL the migrated database is the template each instance copies;
+    the caller drops it (``drop_template``) when done.
+    """
+    if database not in LS_DATABASES:
+        raise ValueError(f"database must be one of {LS_DATABASES}, got {database!r}")
     executable = ensure_label_studio()
     root.mkdir(parents=True, exist_ok=True)
     data_dir = root / "data"
@@ -328,54 +501,124 @@ def build_template(root: Path) -> Template:
         password=secrets.token_urlsafe(16),
         legacy_token=secrets.token_hex(20),
     )
-    ls = LabelStudio(executable, data_dir, creds, workdir=root)
-    ls.start(timeout=FIRST_START_TIMEOUT_S)
+    pg_template = None
+    if database == "postgresql":
+        postgres = postgres or Postgres.from_env()
+        postgres.check()
+        postgres.drop_orphans()
+        pg_template = new_database_name("tpl")
+        postgres.create_database(pg_template)
+    else:
+        postgres = None
+    ls = LabelStudio(executable, data_dir, creds, workdir=root, postgres=postgres, pg_database=pg_template)
     try:
+        ls.start(timeout=FIRST_START_TIMEOUT_S)
         creds = Credentials(creds.email, creds.password, creds.legacy_token, create_pat(ls.url, creds.legacy_token))
-    finally:
+    except BaseException:
         ls.stop()
+        if postgres is not None and pg_template:
+            postgres.drop_database(pg_template)
+        raise
+    ls.stop()
     (root / _CREDENTIALS_FILE).write_text(json.dumps(asdict(creds)))
-    return Template(data_dir=data_dir, credentials=creds, first_start_s=ls.startup_s)
+    return Template(
+        data_dir=data_dir,
+        credentials=creds,
+        first_start_s=ls.startup_s,
+        database=database,
+        postgres=postgres,
+        pg_template=pg_template,
+    )
+
+
+def drop_template(template: Template) -> None:
+    """Drop a PostgreSQL template's database (nothing to do on SQLite: its data dir is a temp dir)."""
+    if template.postgres is not None and template.pg_template:
+        with contextlib.suppress(PostgresUnavailable, subprocess.TimeoutExpired):
+            template.postgres.drop_database(template.pg_template)
 
 
 def start_label_studio(template: Template, workdir: Path, *, timeout: float = START_TIMEOUT_S) -> LabelStudio:
-    """Copy the template data dir into ``workdir`` and start Label Studio on it."""
+    """Copy the template (data dir, and database on PostgreSQL) into ``workdir`` and start Label Studio."""
     executable = ensure_label_studio()
     workdir.mkdir(parents=True, exist_ok=True)
     data_dir = workdir / "data"
     if data_dir.exists():
         raise FileExistsError(f"{data_dir} exists: use a fresh workdir per instance")
     subprocess.run(["cp", "-a", str(template.data_dir), str(data_dir)], check=True)
-    return LabelStudio(executable, data_dir, template.credentials, workdir=workdir).start(timeout=timeout)
+    pg_database = None
+    if template.postgres is not None:
+        assert template.pg_template
+        pg_database = new_database_name("ls")
+        template.postgres.create_database(pg_database, template=template.pg_template)
+    ls = LabelStudio(
+        executable,
+        data_dir,
+        template.credentials,
+        workdir=workdir,
+        postgres=template.postgres,
+        pg_database=pg_database,
+        owns_database=pg_database is not None,
+    )
+    try:
+        return ls.start(timeout=timeout)
+    except BaseException:
+        ls.stop()  # also drops its database
+        raise
 
 
 _template_lock = threading.Lock()
-_template: Template | None = None
+_templates: dict[str, Template] = {}
 
 
-def session_template() -> Template:
-    """The process-wide template (built on first use into a temp dir removed at exit)."""
-    global _template
+def session_template(database: str = "sqlite") -> Template:
+    """The process-wide template for ``database`` (built on first use; removed at exit)."""
     with _template_lock:
-        if _template is None:
-            root = Path(tempfile.mkdtemp(prefix="lsal-ls-template-"))
+        if database not in _templates:
+            root = Path(tempfile.mkdtemp(prefix=f"lsal-ls-template-{database}-"))
             atexit.register(shutil.rmtree, root, True)
-            _template = build_template(root)
-        return _template
+            try:
+                template = build_template(root, database)
+            except BaseException:
+                shutil.rmtree(root, ignore_errors=True)
+                raise
+            atexit.register(drop_template, template)
+            _templates[database] = template
+        return _templates[database]
+
+
+def selected_databases() -> tuple[str, ...]:
+    """The databases the e2e suite runs on: ``$LSAL_LS_DATABASES`` (comma-separated) or all."""
+    raw = os.environ.get("LSAL_LS_DATABASES", "").strip()
+    if not raw:
+        return LS_DATABASES
+    chosen = tuple(d.strip() for d in raw.split(",") if d.strip())
+    unknown = [d for d in chosen if d not in LS_DATABASES]
+    if unknown or not chosen:
+        raise ValueError(f"LSAL_LS_DATABASES: expected a comma-separated subset of {LS_DATABASES}, got {raw!r}")
+    return chosen
 
 
 # ---------------------------------------------------------------------- pytest fixtures
 
 
-@pytest.fixture(scope="session")
-def label_studio_template() -> Template:
-    return session_template()
+@pytest.fixture(scope="module", params=selected_databases())
+def label_studio(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudio]:
+    """One Label Studio per test module and database, started from a copy of the session's template.
 
-
-@pytest.fixture(scope="module")
-def label_studio(label_studio_template: Template, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudio]:
-    """One Label Studio per test module, started from a copy of the session's template."""
-    with start_label_studio(label_studio_template, tmp_path_factory.mktemp("label-studio")) as ls:
+    An unreachable PostgreSQL fails (never skips) the ``postgresql`` variants, saying why.
+    """
+    database: str = request.param
+    try:
+        template = session_template(database)
+    except PostgresUnavailable as exc:
+        pytest.fail(
+            f"Label Studio on PostgreSQL needs a PostgreSQL server ({exc}); start one on 127.0.0.1:5432, "
+            "point LSAL_TEST_POSTGRES=postgresql://user[:password]@host:port at one, "
+            "or run only SQLite with LSAL_LS_DATABASES=sqlite",
+            pytrace=False,
+        )
+    with start_label_studio(template, tmp_path_factory.mktemp(f"label-studio-{database}")) as ls:
         yield ls
 
 
