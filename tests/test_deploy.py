@@ -76,7 +76,7 @@ def named_volume_mounts(service: dict[str, Any]) -> dict[str, str]:
 
 
 def test_services_images_and_label_studio_ssrf_settings() -> None:
-    assert set(SERVICES) == {"label-studio", "redis", "lsal", "worker"}
+    assert set(SERVICES) == {"label-studio", "postgres", "redis", "lsal", "worker"}
     ls = SERVICES["label-studio"]
     assert ls["image"] == "heartexlabs/label-studio:1.23.2"
     # Both, as strings: with only the first, Label Studio saves the backend but not its webhook.
@@ -89,7 +89,29 @@ def test_services_images_and_label_studio_ssrf_settings() -> None:
     assert SERVICES["lsal"]["image"] == SERVICES["worker"]["image"]
     assert SERVICES["lsal"]["command"][:2] == ["lsal", "serve"]
     assert SERVICES["worker"]["command"] == ["lsal", "worker"]
-    assert set(COMPOSE["volumes"]) == {"models", "redis-data", "label-studio-data"}
+    assert set(COMPOSE["volumes"]) == {"models", "redis-data", "label-studio-data", "postgres-data"}
+
+
+def test_label_studio_runs_on_the_postgres_service_once_it_is_healthy() -> None:
+    ls_env = SERVICES["label-studio"]["environment"]
+    pg = SERVICES["postgres"]
+    pg_env = pg["environment"]
+    assert pg["image"].startswith("postgres:15")
+    assert named_volume_mounts(pg) == {"/var/lib/postgresql/data": "postgres-data"}
+    assert "ports" not in pg, "only Label Studio talks to its database"
+    # Label Studio's documented variables (label-studio.md §6): DJANGO_DB=default selects POSTGRE_*.
+    assert ls_env["DJANGO_DB"] == "default"
+    assert ls_env["POSTGRE_HOST"] == "postgres"
+    assert ls_env["POSTGRE_PORT"] == "5432"
+    # The same .env variable (and default) on both sides, so they cannot disagree.
+    for ls_name, pg_name in (("NAME", "DB"), ("USER", "USER"), ("PASSWORD", "PASSWORD")):
+        assert ls_env[f"POSTGRE_{ls_name}"] == pg_env[f"POSTGRES_{pg_name}"], ls_name
+    assert interpolations(pg_env["POSTGRES_PASSWORD"])[0][:2] == ("POSTGRES_PASSWORD", ":?")
+    check = pg["healthcheck"]["test"]
+    assert check[:2] == ["CMD", "pg_isready"]
+    assert check[check.index("-U") + 1] == pg_env["POSTGRES_USER"]
+    assert check[check.index("-d") + 1] == pg_env["POSTGRES_DB"]
+    assert SERVICES["label-studio"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
 
 
 def test_redis_is_persistent_private_and_safe_for_rq() -> None:
@@ -168,13 +190,13 @@ def test_env_example_lists_every_setting_and_nothing_unused() -> None:
     for name, raw in SERVICES["lsal"]["environment"].items():
         if name in active:
             assert active[name] == compose_default(str(raw)), name
-    for secret in SECRETS | {"LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_USER_TOKEN"}:
+    for secret in SECRETS | {"LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_USER_TOKEN", "POSTGRES_PASSWORD"}:
         assert active[secret] == "", f"{secret} must ship blank in .env.example"
     # The example is itself a valid configuration (blank secrets included).
     Settings.from_env({k: v for k, v in active.items() if k in ENV_NAMES})
 
 
-def test_only_the_label_studio_admin_is_required() -> None:
+def test_only_the_label_studio_admin_and_the_database_password_are_required() -> None:
     required = {
         name
         for service in SERVICES.values()
@@ -182,7 +204,7 @@ def test_only_the_label_studio_admin_is_required() -> None:
         for name, op, _ in interpolations(value)
         if op in ("?", ":?")
     }
-    assert required == {"LABEL_STUDIO_USERNAME", "LABEL_STUDIO_PASSWORD"}
+    assert required == {"LABEL_STUDIO_USERNAME", "LABEL_STUDIO_PASSWORD", "POSTGRES_PASSWORD"}
 
 
 def _walk(node: Any) -> Iterator[str]:
