@@ -430,12 +430,12 @@ class LabelStudioClient:
 
     def current_user(self) -> dict[str, Any]:
         """The user the key belongs to (``GET /api/current-user/whoami``): checks that the key works."""
-        return self.request("GET", "/api/current-user/whoami")  # type: ignore[no-any-return]
+        return self.request("GET", "/api/current-user/whoami")
 
     # ------------------------------------------------------------------ projects
 
     def get_project(self, project: int) -> dict[str, Any]:
-        return self.request("GET", f"/api/projects/{int(project)}")  # type: ignore[no-any-return]
+        return self.request("GET", f"/api/projects/{int(project)}")
 
     def update_project(self, project: int, **fields: Any) -> dict[str, Any]:
         """``PATCH /api/projects/{id}``, e.g. ``sampling="Uncertainty sampling", model_version="v3"``.
@@ -445,7 +445,7 @@ class LabelStudioClient:
         """
         if not fields:
             raise ValueError("update_project needs at least one field")
-        return self.request("PATCH", f"/api/projects/{int(project)}", json=fields)  # type: ignore[no-any-return]
+        return self.request("PATCH", f"/api/projects/{int(project)}", json=fields)
 
     # ------------------------------------------------------------------ tasks
 
@@ -579,7 +579,7 @@ class LabelStudioClient:
 
         404 (:class:`LabelStudioError`) when there is none left.
         """
-        return self.request("GET", f"/api/projects/{int(project)}/next")  # type: ignore[no-any-return]
+        return self.request("GET", f"/api/projects/{int(project)}/next")
 
     # ------------------------------------------------------------------ ML backend connection
 
@@ -610,7 +610,7 @@ class LabelStudioClient:
             body.update(auth_method="BASIC_AUTH", basic_auth_user=user, basic_auth_pass=password)
         if extra_params is not None:
             body["extra_params"] = extra_params
-        return self.request("POST", "/api/ml", json=body)  # type: ignore[no-any-return]
+        return self.request("POST", "/api/ml", json=body)
 
     def list_ml_backends(self, project: int) -> list[dict[str, Any]]:
         body = self.request("GET", "/api/ml", params={"project": int(project)})

@@ -335,7 +335,8 @@ class _DerivedCollector:
                 version_number.add_metric([p], float(number))
                 created.add_metric([p], when.timestamp())
             if metadata is not None:
-                quality = metadata.get("metrics") if isinstance(metadata.get("metrics"), dict) else {}
+                raw_quality = metadata.get("metrics")
+                quality = raw_quality if isinstance(raw_quality, dict) else {}
                 for family, key in ((accuracy, "cv_accuracy"), (macro_f1, "cv_macro_f1")):
                     if (value := _number(quality.get(key))) is not None:
                         family.add_metric([p], value)

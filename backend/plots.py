@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def learning_curve_png(project: int, history: Sequence[Mapping[str, Any]]) -> bytes:
     """Cross-validated accuracy and macro-F1 against the number of labels, one point per version."""
-    points = []
+    points: list[tuple[int, float | None, float | None, str]] = []
     for meta in history:
         metrics = meta.get("metrics") or {}
         n = meta.get("n_labels")
@@ -25,9 +25,8 @@ def learning_curve_png(project: int, history: Sequence[Mapping[str, Any]]) -> by
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
     try:
         for idx, name, marker in ((1, "accuracy (cross-validated)", "o"), (2, "macro-F1 (cross-validated)", "s")):
-            xs = [p[0] for p in points if p[idx] is not None]
-            ys = [p[idx] for p in points if p[idx] is not None]
-            ax.plot(xs, ys, marker=marker, label=name)
+            pairs = [(p[0], value) for p in points if (value := p[idx]) is not None and not isinstance(value, str)]
+            ax.plot([x for x, _ in pairs], [y for _, y in pairs], marker=marker, label=name)
         ax.set_xlabel("labeled tasks")
         ax.set_ylabel("score")
         ax.set_ylim(0, 1.02)
