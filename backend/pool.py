@@ -143,6 +143,7 @@ class PoolCache:
         self.snapshot_path = self.pdir.pool_snapshot
         self.events_path = self.pdir.pool_events
         self._folded = 0  # bytes of the event log that the last load() applied
+        self._folded_inode = 0  # ... of which file: a rotation by another writer makes a new one
 
     @contextlib.contextmanager
     def _events_lock(self) -> Iterator[None]:
@@ -199,11 +200,14 @@ class PoolCache:
     def apply_events(self, snap: PoolSnapshot) -> None:
         """Apply the logged events to `snap`, and remember how much of the log that covered."""
         try:
-            raw = self.events_path.read_bytes()
+            with open(self.events_path, "rb") as f:
+                inode = os.fstat(f.fileno()).st_ino
+                raw = f.read()
         except OSError:
             return
         # Only whole lines count as folded: a line still being written stays for the next load.
         self._folded = raw.rfind(b"\n") + 1
+        self._folded_inode = inode
         for line in complete_lines(raw):
             try:
                 event = json.loads(line)
@@ -230,6 +234,12 @@ class PoolCache:
         with self._events_lock():
             try:
                 with open(self.events_path, "rb") as f:
+                    if os.fstat(f.fileno()).st_ino != self._folded_inode:
+                        # Another writer rotated the log since our load(): what is in it now was not
+                        # folded into our snapshot, so all of it stays (replaying adds and deletes is
+                        # idempotent).
+                        self._folded = 0
+                        return
                     f.seek(self._folded)
                     rest = f.read()
             except OSError:

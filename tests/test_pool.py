@@ -209,3 +209,19 @@ def test_sigkill_mid_save_keeps_the_old_snapshot_and_the_next_open_removes_the_t
     snap = PoolCache(tmp_path, 1).load()
     assert snap is not None and (snap.data, snap.config_hash) == ({1: {"text": "old"}}, "old")
     assert sorted(os.listdir(cache.dir)) == ["snapshot.npz"]
+
+
+def test_two_compacting_writers_lose_no_event(tmp_path: Path) -> None:
+    """A cycle that outlived its project lock saves after another one rotated the log."""
+    PoolCache(tmp_path, 1).save(PoolSnapshot({}, synced_at=1.0, config_hash="h"))
+    webhook = PoolCache(tmp_path, 1)
+    webhook.add_tasks([{"id": 1, "data": {}}])
+    a, b = PoolCache(tmp_path, 1), PoolCache(tmp_path, 1)
+    snap_a, snap_b = a.load(), b.load()
+    assert snap_a is not None and snap_b is not None
+    webhook.add_tasks([{"id": 2, "data": {}}])
+    a.save(snap_a)  # rotates: the log keeps event 2 only
+    webhook.add_tasks([{"id": 3, "data": {}}])
+    b.save(snap_b)  # must not cut the rotated log at its own (stale) offset
+    final = PoolCache(tmp_path, 1).load()
+    assert final is not None and sorted(final.data) == [1, 2, 3]
