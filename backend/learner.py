@@ -1,7 +1,14 @@
 """The model of a project: featurizer + classifier, a committee for disagreement, training rules.
 
-- Text (`<Text>`/`<HyperText>`): TF-IDF over words (sublinear tf) feeding a class-balanced logistic
-  regression with an intercept (C=3). Every digit is read as 0 (`shape_numbers`), so "08712460324"
+- Text (`<Text>`/`<HyperText>`): features from `backend.features.text`, by default TF-IDF over
+  words concatenated with the text's pretrained static sentence embedding (weight 1), feeding a
+  class-balanced logistic regression with an intercept (C=1; C=3 for TF-IDF alone). Measured with
+  `bench/bench_features.py` (production learner, 10 random draws, 1,000-row test split), chosen
+  on SMS spam, sentiment sentences held out; macro-F1 at 50 / 100 / 200 random labels:
+  SMS spam TF-IDF (C=3) 0.830 / 0.918 / 0.957, embedding (C=1) 0.871 / 0.905 / 0.931, both
+  (w=1, C=1) 0.859 / 0.929 / 0.964; held-out sentiment 0.592 / 0.662 / 0.688, 0.723 / 0.753 /
+  0.784, 0.703 / 0.763 / 0.788 (docs/benchmarks.md, "Text features"). With TF-IDF alone:
+  every digit is read as 0 (`shape_numbers`), so "08712460324"
   and "09061701461" are the same word: phone numbers, prices and short codes are mostly seen once,
   and as raw words they teach nothing. On SMS spam (docs/benchmarks.md, 10 repeats, same seeds) it
   took the default strategy from 270 to 130 labels for 99% of the full-pool macro-F1 and random
@@ -32,9 +39,10 @@
   positive or no negative example gets a constant probability, its Laplace-smoothed training
   frequency (pos + 1) / (n + 2), in every committee member.
 - Committee (query by committee): members share the featurization, so the committee costs m
-  cheap linear predictions: the main model, a complement naive Bayes (text) or Gaussian naive
-  Bayes (tabular), and logistic regressions on seeded stratified bootstrap resamples (every class
-  keeps at least one example, so tiny training sets work).
+  cheap linear predictions: the main model, a complement naive Bayes on the TF-IDF columns (text;
+  a Gaussian naive Bayes on embeddings alone and on tabular features), and logistic regressions
+  on seeded stratified bootstrap resamples (every class keeps at least one example, so tiny
+  training sets work).
 
 Everything is deterministic for a seed.
 """
@@ -42,7 +50,6 @@ Everything is deterministic for a seed.
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,11 +59,21 @@ from typing import Any
 import joblib
 import numpy as np
 from sklearn.base import clone
-from sklearn.feature_extraction.text import TfidfVectorizer, strip_accents_unicode
 from sklearn.linear_model import LogisticRegression
 from sklearn.naive_bayes import ComplementNB, GaussianNB
 
+from backend.features.embeddings import DEFAULT_MODEL, check_model_name
+from backend.features.tabular import TabularFeaturizer
+from backend.features.text import (
+    DEFAULT_EMBEDDING_WEIGHT,
+    DEFAULT_TEXT_FEATURES,
+    TextFeaturizer,
+    check_text_features,
+    shape_numbers,
+)
 from backend.labelconfig import TaskSpec, annotation_labels, task_input
+
+__all__ = ["ARTIFACT", "Learner", "TrainingSet", "shape_numbers", "training_set"]
 
 ARTIFACT = "learner.joblib"
 
@@ -181,16 +198,8 @@ def _resolve(spec: TaskSpec, votes: list[tuple[Mapping[str, Any], list[str]]]) -
 # -- the learner -------------------------------------------------------------------------------
 
 
-_DIGIT = re.compile(r"\d")
-
-
-def shape_numbers(text: str) -> str:
-    """Lower-case, strip accents, and write every digit as 0: "Call 08712460324" -> "call 00000000000".
-
-    A number then counts by its shape (length, position) instead of being a word seen once: phone
-    numbers, prices and codes generalize from a few labels (see the module docstring).
-    """
-    return _DIGIT.sub("0", strip_accents_unicode(text.lower()))
+# C per text feature set, measured with bench/bench_features.py (docs/benchmarks.md, "Text features").
+_TEXT_C = {"tfidf": 3.0, "embedding": 1.0, "tfidf+embedding": 1.0}
 
 
 def _flag(name: str, value: Any) -> bool:
@@ -211,6 +220,27 @@ class _Constant:
         return np.column_stack([np.full(n, 1 - self.p), np.full(n, self.p)])
 
 
+class _FirstColumns:
+    """An estimator that sees only the first `stop` columns: the committee's naive Bayes member
+    reads the TF-IDF block of [TF-IDF | embedding] features (naive Bayes needs counts-like,
+    non-negative features; the embedding has negative values)."""
+
+    def __init__(self, estimator: Any, stop: int) -> None:
+        self.estimator = estimator
+        self.stop = int(stop)
+
+    @property
+    def classes_(self) -> np.ndarray:
+        return np.asarray(self.estimator.classes_)
+
+    def fit(self, X: Any, y: np.ndarray) -> _FirstColumns:
+        self.estimator.fit(X[:, : self.stop], y)
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        return np.asarray(self.estimator.predict_proba(X[:, : self.stop]))
+
+
 class Learner:
     """fit / transform / predict_proba / committee_proba for one TaskSpec."""
 
@@ -225,6 +255,9 @@ class Learner:
         fit_intercept: bool = True,
         soft_vote: bool = False,
         number_shapes: bool = True,
+        text_features: str = DEFAULT_TEXT_FEATURES,
+        embedding_model: str = DEFAULT_MODEL,
+        embedding_weight: float = DEFAULT_EMBEDDING_WEIGHT,
     ) -> None:
         if committee_size < 2:
             raise ValueError(f"committee_size must be >= 2, got {committee_size}")
@@ -233,78 +266,86 @@ class Learner:
         self.spec = spec
         self.seed = int(seed)
         self.committee_size = int(committee_size)
-        # Defaults measured on SMS spam / spambase with 50 labels (see the module docstring).
-        self.C = float(C) if C is not None else (3.0 if spec.kind == "text" else 1.0)
+        self.text_features = check_text_features(text_features)
+        # Defaults measured with 50-200 random labels (see the module docstring).
+        self.C = float(C) if C is not None else (_TEXT_C[self.text_features] if spec.kind == "text" else 1.0)
         self.max_features = int(max_features)
         self.fit_intercept = _flag("fit_intercept", fit_intercept)
         self.soft_vote = _flag("soft_vote", soft_vote)
         self.number_shapes = _flag("number_shapes", number_shapes)
+        self.embedding_model = check_model_name(embedding_model)
+        if not isinstance(embedding_weight, int | float) or not embedding_weight > 0:
+            raise ValueError(f"embedding_weight must be a number > 0, got {embedding_weight!r}")
+        self.embedding_weight = float(embedding_weight)
         self.classes_: tuple[str, ...] = ()
-        self._vectorizer: TfidfVectorizer | None = None
-        self._columns: list[str] = []
-        self._median: np.ndarray | None = None
-        self._mean: np.ndarray | None = None
-        self._scale: np.ndarray | None = None
+        self._text: TextFeaturizer | None = None
+        self._tabular: TabularFeaturizer | None = None
         self._members: list[Any] = []  # single-label: estimators; multi-label: list of per-label lists
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A Learner pickled before backend/features existed held a bare TfidfVectorizer: keep
+        # serving it as the TF-IDF-only model it was.
+        if "_vectorizer" in state:
+            vectorizer = state.pop("_vectorizer")
+            text = None
+            if vectorizer is not None:
+                text = TextFeaturizer("tfidf", number_shapes=bool(state.get("number_shapes", False)))
+                text.vectorizer = vectorizer
+            state.update(
+                text_features="tfidf", embedding_model=DEFAULT_MODEL, embedding_weight=DEFAULT_EMBEDDING_WEIGHT
+            )
+            state["_text"] = text
+            tab = None
+            if state.get("_median") is not None:
+                tab = TabularFeaturizer()
+                tab.columns = state["_columns"]
+                tab._median, tab._mean, tab._scale = state["_median"], state["_mean"], state["_scale"]
+            state["_tabular"] = tab
+            for key in ("_columns", "_median", "_mean", "_scale"):
+                state.pop(key, None)
+        self.__dict__.update(state)
 
     # -- features ------------------------------------------------------------------------------
 
-    def fit_features(self, inputs: Sequence[Any]) -> Any:
-        """Fit the featurizer alone (it needs no labels) and return the features of `inputs`."""
+    @property
+    def uses_embeddings(self) -> bool:
+        """Whether the features include text embeddings (so cached ones can be passed in)."""
+        return self.spec.kind == "text" and getattr(self, "text_features", "tfidf") != "tfidf"
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """The embeddings this learner's features use, (n, dim) float32; for the pool cache."""
+        return self._text_featurizer().embed([str(t) for t in texts])
+
+    def _text_featurizer(self) -> TextFeaturizer:
+        return TextFeaturizer(
+            self.text_features,
+            embedding_model=self.embedding_model,
+            embedding_weight=self.embedding_weight,
+            max_features=self.max_features,
+            number_shapes=getattr(self, "number_shapes", False),
+        )
+
+    def fit_features(self, inputs: Sequence[Any], embeddings: np.ndarray | None = None) -> Any:
+        """Fit the featurizer alone (it needs no labels) and return the features of `inputs`.
+
+        `embeddings`: the texts' embeddings if already computed (rows aligned with `inputs`)."""
         if self.spec.kind == "text":
-            self._vectorizer = TfidfVectorizer(
-                # Unigrams: same 50-label quality as 1-2-grams on SMS spam, ~30% faster to featurize.
-                ngram_range=(1, 1),
-                sublinear_tf=True,
-                min_df=1,
-                max_features=self.max_features,
-                dtype=np.float32,
-                strip_accents="unicode",
-                lowercase=True,
-                # Keep one-character tokens ("u", "2", "x"): short messages have few words to spare.
-                token_pattern=r"(?u)\b\w+\b",
-                # A preprocessor replaces sklearn's lowercase/strip_accents; shape_numbers does both.
-                # getattr: a Learner unpickled from before this setting refits as it did.
-                preprocessor=shape_numbers if getattr(self, "number_shapes", False) else None,
-            )
-            try:
-                return self._vectorizer.fit_transform(list(inputs))
-            except ValueError as e:
-                if "empty vocabulary" not in str(e):
-                    raise
-                raise ValueError(f"the training texts contain no word at all, e.g. {inputs[0]!r:.80}") from None
-        self._columns = sorted({k for row in inputs for k in row})
-        if not self._columns:
-            raise ValueError("tabular inputs have no numeric field")
-        raw = self._matrix(inputs)
-        med = np.nanmedian(np.where(np.isnan(raw).all(axis=0), 0.0, raw), axis=0)
-        self._median = np.where(np.isnan(med), 0.0, med)
-        filled = np.where(np.isnan(raw), self._median, raw)
-        self._mean = filled.mean(axis=0)
-        scale = filled.std(axis=0)
-        self._scale = np.where(scale > 0, scale, 1.0)
-        return (filled - self._mean) / self._scale
+            self._text = self._text_featurizer()
+            return self._text.fit_transform(list(inputs), embeddings)
+        self._tabular = TabularFeaturizer()
+        return self._tabular.fit_transform(inputs)
 
-    def _matrix(self, inputs: Sequence[Mapping[str, float]]) -> np.ndarray:
-        index = {c: j for j, c in enumerate(self._columns)}
-        out = np.full((len(inputs), len(self._columns)), np.nan)
-        for i, row in enumerate(inputs):
-            for k, v in row.items():
-                j = index.get(k)
-                if j is not None:
-                    out[i, j] = v
-        return out
+    def transform(self, inputs: Sequence[Any], embeddings: np.ndarray | None = None) -> Any:
+        """Features of `inputs` (CSR for text with TF-IDF, else dense); cacheable, reused by members.
 
-    def transform(self, inputs: Sequence[Any]) -> Any:
-        """Features of `inputs` (CSR for text, dense for tabular); cacheable and reused by members."""
+        `embeddings`: the texts' embeddings if already computed (the pool cache keeps them)."""
         if not self.classes_:
             raise RuntimeError("Learner is not fitted")
         if self.spec.kind == "text":
-            assert self._vectorizer is not None
-            return self._vectorizer.transform([str(t) for t in inputs])
-        assert self._median is not None and self._mean is not None and self._scale is not None
-        raw = self._matrix(inputs)
-        return (np.where(np.isnan(raw), self._median, raw) - self._mean) / self._scale
+            assert self._text is not None
+            return self._text.transform([str(t) for t in inputs], embeddings)
+        assert self._tabular is not None
+        return self._tabular.transform(inputs)
 
     # -- models --------------------------------------------------------------------------------
 
@@ -321,7 +362,12 @@ class Learner:
         )
 
     def _second_member(self) -> Any:
-        return ComplementNB(alpha=0.3) if self.spec.kind == "text" else GaussianNB()
+        if self.spec.kind != "text" or getattr(self, "text_features", "tfidf") == "embedding":
+            return GaussianNB()
+        if self.text_features == "tfidf":
+            return ComplementNB(alpha=0.3)
+        assert self._text is not None
+        return _FirstColumns(ComplementNB(alpha=0.3), self._text.n_tfidf)
 
     def _bootstrap(self, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """A stratified bootstrap sample: every class keeps at least one example."""
@@ -341,7 +387,8 @@ class Learner:
             members.append(clone(self.make_estimator()).fit(X[idx], y[idx]))
         return members
 
-    def fit(self, inputs: Sequence[Any], y: Sequence[Any]) -> Learner:
+    def fit(self, inputs: Sequence[Any], y: Sequence[Any], embeddings: np.ndarray | None = None) -> Learner:
+        """Fit the featurizer and the committee on labeled `inputs`; `embeddings` as in fit_features."""
         if len(inputs) != len(y):
             raise ValueError(f"inputs and y differ in length: {len(inputs)} != {len(y)}")
         if len(y) == 0:
@@ -361,7 +408,7 @@ class Learner:
             seen = set(labels)
             if len(seen) < 2:
                 raise ValueError(f"need at least 2 classes to fit, got {sorted(seen)}")
-        X = self.fit_features(inputs)
+        X = self.fit_features(inputs, embeddings)
         if self.spec.multi_label:
             self.classes_ = tuple(self.spec.labels)
             self._members = []

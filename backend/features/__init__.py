@@ -1,0 +1,1 @@
+"""Featurizers: turn task inputs into model features (text: TF-IDF and static embeddings; tabular)."""

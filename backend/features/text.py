@@ -1,0 +1,146 @@
+"""Text features: TF-IDF over words, pretrained static sentence embeddings, or both side by side.
+
+`features` (the setting `AL_TEXT_FEATURES`, per project `text_features`) chooses:
+
+- ``tfidf``: TF-IDF over words (sublinear tf, rows of norm 1), fitted on the training texts. Every
+  digit is read as 0 (`shape_numbers`): phone numbers, prices and short codes are mostly seen once,
+  and as raw words they teach nothing.
+- ``embedding``: the text's static sentence embedding (`backend.features.embeddings`, norm 1).
+- ``tfidf+embedding`` (the default): both, concatenated as [TF-IDF | w * embedding] with
+  w = `embedding_weight`. A linear model on it keeps TF-IDF's exact-word evidence and gains the
+  embedding's similarity between words it has never seen labeled. The choice of the default, the
+  weight and the model's C were measured with `bench/bench_features.py` (docs/benchmarks.md,
+  "Text features").
+
+An embedding depends only on the text and the model, so the pool cache keeps each task's embedding
+(`embeddings=` below) and a text is embedded once, not once per cycle.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.feature_extraction.text import TfidfVectorizer, strip_accents_unicode
+
+from backend.features import embeddings as emb
+
+TEXT_FEATURES = ("tfidf", "embedding", "tfidf+embedding")
+DEFAULT_TEXT_FEATURES = "tfidf+embedding"
+# Chosen on sms_spam (sentiment_sentences held out): docs/benchmarks.md, "Text features".
+DEFAULT_EMBEDDING_WEIGHT = 1.0
+_DIGIT = re.compile(r"\d")
+
+
+def shape_numbers(text: str) -> str:
+    """Lower-case, strip accents, and write every digit as 0: "Call 08712460324" -> "call 00000000000".
+
+    A number then counts by its shape (length, position) instead of being a word seen once: phone
+    numbers, prices and codes generalize from a few labels.
+    """
+    return _DIGIT.sub("0", strip_accents_unicode(text.lower()))
+
+
+def check_text_features(value: Any) -> str:
+    """Validate a `text_features` setting; raise ValueError naming the value and the choices."""
+    if value not in TEXT_FEATURES:
+        raise ValueError(f"text features must be one of {', '.join(TEXT_FEATURES)}; got {value!r}")
+    return str(value)
+
+
+class TextFeaturizer:
+    """fit_transform(texts) / transform(texts) -> features; `embeddings=` reuses cached embeddings.
+
+    The result is a CSR matrix when TF-IDF is in use (its first `n_tfidf` columns are TF-IDF, the
+    rest the weighted embedding), else a dense float32 array of embeddings.
+    """
+
+    def __init__(
+        self,
+        features: str = DEFAULT_TEXT_FEATURES,
+        *,
+        embedding_model: str = emb.DEFAULT_MODEL,
+        embedding_weight: float = DEFAULT_EMBEDDING_WEIGHT,
+        max_features: int = 200_000,
+        number_shapes: bool = True,
+    ) -> None:
+        self.features = check_text_features(features)
+        self.embedding_model = emb.check_model_name(embedding_model)
+        if not embedding_weight > 0:
+            raise ValueError(f"embedding_weight must be > 0, got {embedding_weight!r}")
+        self.embedding_weight = float(embedding_weight)
+        self.max_features = int(max_features)
+        self.number_shapes = bool(number_shapes)
+        self.vectorizer: TfidfVectorizer | None = None
+
+    @property
+    def uses_tfidf(self) -> bool:
+        return self.features != "embedding"
+
+    @property
+    def uses_embedding(self) -> bool:
+        return self.features != "tfidf"
+
+    @property
+    def n_tfidf(self) -> int:
+        """How many leading columns are TF-IDF (0 before fitting or without TF-IDF)."""
+        return len(self.vectorizer.vocabulary_) if self.vectorizer is not None else 0
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """The embeddings of `texts` with this featurizer's model, (n, dim) float32."""
+        return emb.load(self.embedding_model).embed(texts)
+
+    def _embeddings(self, texts: Sequence[str], embeddings: np.ndarray | None) -> np.ndarray:
+        if embeddings is None:
+            return self.embed(texts)
+        if embeddings.shape[0] != len(texts):
+            raise ValueError(f"embeddings has {embeddings.shape[0]} rows for {len(texts)} texts")
+        return np.asarray(embeddings, dtype=np.float32)
+
+    def _combine(self, tfidf: Any, texts: Sequence[str], embeddings: np.ndarray | None) -> Any:
+        if not self.uses_embedding:
+            return tfidf
+        E = self._embeddings(texts, embeddings)
+        if tfidf is None:
+            return E
+        return sp.hstack([tfidf, sp.csr_matrix(self.embedding_weight * E)], format="csr", dtype=np.float32)
+
+    def fit_transform(self, texts: Sequence[str], embeddings: np.ndarray | None = None) -> Any:
+        """Fit TF-IDF (if used) on `texts` and return their features."""
+        texts = [str(t) for t in texts]
+        tfidf = None
+        if self.uses_tfidf:
+            self.vectorizer = TfidfVectorizer(
+                # Unigrams: same 50-label quality as 1-2-grams on SMS spam, ~30% faster to featurize.
+                ngram_range=(1, 1),
+                sublinear_tf=True,
+                min_df=1,
+                max_features=self.max_features,
+                dtype=np.float32,
+                strip_accents="unicode",
+                lowercase=True,
+                # Keep one-character tokens ("u", "2", "x"): short messages have few words to spare.
+                token_pattern=r"(?u)\b\w+\b",
+                # A preprocessor replaces sklearn's lowercase/strip_accents; shape_numbers does both.
+                preprocessor=shape_numbers if self.number_shapes else None,
+            )
+            try:
+                tfidf = self.vectorizer.fit_transform(texts)
+            except ValueError as e:
+                if "empty vocabulary" not in str(e):
+                    raise
+                raise ValueError(f"the training texts contain no word at all, e.g. {texts[0]!r:.80}") from None
+        return self._combine(tfidf, texts, embeddings)
+
+    def transform(self, texts: Sequence[str], embeddings: np.ndarray | None = None) -> Any:
+        """Features of `texts` with the fitted vocabulary; `embeddings` (aligned rows) skips embedding."""
+        texts = [str(t) for t in texts]
+        tfidf = None
+        if self.uses_tfidf:
+            if self.vectorizer is None:
+                raise RuntimeError("TextFeaturizer is not fitted")
+            tfidf = self.vectorizer.transform(texts)
+        return self._combine(tfidf, texts, embeddings)
