@@ -54,6 +54,8 @@ class LabelConfigError(ValueError):
 
 @dataclass(frozen=True)
 class TaskSpec:
+    """What lsal learns from a label config: the Choices control, its object and data key, the labels."""
+
     from_name: str
     to_name: str
     data_key: str

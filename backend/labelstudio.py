@@ -208,6 +208,7 @@ class LabelStudioClient:
         return f"LabelStudioClient(url={self.url!r}, auth={self.auth_kind})"
 
     def close(self) -> None:
+        """Close the HTTP session's pooled connections."""
         self.session.close()
 
     def __enter__(self) -> LabelStudioClient:
@@ -435,6 +436,7 @@ class LabelStudioClient:
     # ------------------------------------------------------------------ projects
 
     def get_project(self, project: int) -> dict[str, Any]:
+        """The project (``GET /api/projects/{id}``): title, ``model_version``, ``sampling``, label config."""
         return self.request("GET", f"/api/projects/{int(project)}")
 
     def update_project(self, project: int, **fields: Any) -> dict[str, Any]:
@@ -613,10 +615,12 @@ class LabelStudioClient:
         return self.request("POST", "/api/ml", json=body)
 
     def list_ml_backends(self, project: int) -> list[dict[str, Any]]:
+        """The ML-backend connections of a project (``GET /api/ml?project=N``)."""
         body = self.request("GET", "/api/ml", params={"project": int(project)})
         return list(body or [])
 
     def delete_ml_backend(self, backend_id: int) -> None:
+        """Remove an ML-backend connection (``DELETE /api/ml/{id}``)."""
         self.request("DELETE", f"/api/ml/{int(backend_id)}")
 
 

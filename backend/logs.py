@@ -32,6 +32,7 @@ _MIN_SECRET_LEN = 4  # shorter values would mask ordinary words and numbers
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` with the given secrets, JWTs, URL passwords and token-like values replaced by a marker."""
     for secret in secrets:
         text = text.replace(secret, REDACTED)
     text = _JWT_RE.sub(REDACTED, text)
@@ -78,6 +79,7 @@ class _JsonFormatter(logging.Formatter):
 
 
 def configure(level: str = "INFO", fmt: str = "text", secrets: Iterable[str] = ()) -> None:
+    """Send lsal's logs to stderr as text or JSON lines, with `secrets` redacted from every record."""
     masked = tuple(secrets)
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":

@@ -82,6 +82,8 @@ def _count(value: Any) -> int:
 
 
 class RedisKeys:
+    """The Redis keys of the metrics shared by server and workers, under the queue's prefix."""
+
     def __init__(self, queue_name: str) -> None:
         prefix = f"{queue_name}:metrics"
         self.stage_seconds = f"{prefix}:stage_seconds"
@@ -380,6 +382,7 @@ class Metrics:
         self.registry.register(_DerivedCollector(self))
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one HTTP request in the latency histogram (by method, route template and status)."""
         # Methods are client input: anything unusual becomes one label value, not one per spelling.
         method = method if method in _METHODS else "other"
         self.requests.labels(method, route, str(status)).observe(seconds)
@@ -391,9 +394,11 @@ class Metrics:
         return record_cycle(self.connection, self.queue_name, report)
 
     def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
 
     def router(self) -> APIRouter:
+        """The `GET /metrics` route."""
         from fastapi import APIRouter
         from fastapi.responses import Response
 

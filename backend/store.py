@@ -90,6 +90,7 @@ def validate_project(project: object) -> int:
 
 
 def validate_version(version: object) -> str:
+    """Return `version` if it has the form ``v7-20261121T103800Z``; StoreError otherwise."""
     if isinstance(version, str) and VERSION_RE.fullmatch(version):
         return version
     raise StoreError(f"invalid model version {version!r}: expected the form 'v7-20261121T103800Z'")
@@ -187,6 +188,7 @@ class ModelStore:
         return self.root / str(project)
 
     def current(self, project: int) -> str | None:
+        """The version the project serves (its CURRENT pointer), or None before the first publish."""
         p = validate_project(project)
         pointer = self._dir(p) / CURRENT_FILE
         try:
@@ -209,10 +211,12 @@ class ModelStore:
         return sorted(names, key=version_key)
 
     def versions(self, project: int) -> list[str]:
+        """The complete versions on disk, oldest first."""
         pdir = self._dir(validate_project(project))
         return [v for v in self._scan(pdir) if (pdir / v / METADATA_FILE).is_file()]
 
     def path(self, project: int, version: str) -> Path:
+        """The directory of a version (which need not exist); StoreError if it would leave the root."""
         p = validate_project(project)
         v = validate_version(version)
         resolved = (self._dir(p) / v).resolve()
@@ -227,6 +231,7 @@ class ModelStore:
         return directory
 
     def metadata(self, project: int, version: str | None = None) -> dict:
+        """The metadata.json of a version (default: the current one); StoreError if there is none."""
         p = validate_project(project)
         if version is None:
             version = self.current(p)
@@ -283,6 +288,7 @@ class ModelStore:
         return [by_version[v] for v in sorted(by_version, key=version_key)]
 
     def projects(self) -> list[int]:
+        """The project ids that have a directory in the store, ascending."""
         try:
             entries = list(os.scandir(self.root))
         except (FileNotFoundError, NotADirectoryError):

@@ -242,7 +242,7 @@ def run_rss(n: int, pythonpath: str, strategies_: list[str], depth: int) -> dict
             check=True,
             timeout=900,
         )
-        snap = Path(tmp) / "1" / "pool" / "snapshot.npz"
+        snap = next((Path(tmp) / "1" / "pool").glob("snapshot.*"))  # .npz (.pkl before the npz change)
         out["snapshot_bytes"] = snap.stat().st_size
         _err(f"snapshot of {n} tasks: {snap.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - t:.1f} s")
         results = []
