@@ -50,6 +50,11 @@ STRAY_PREFIXES = (TMP_PREFIX, ".snapshot-", ".events-")
 
 LEGACY_PICKLED_SNAPSHOT = "snapshot.pkl"
 
+# The model store's names in the project directory (store.py implements the protocol around them).
+CURRENT_FILE = "CURRENT"
+HISTORY_FILE = "history.jsonl"
+STORE_LOCK_FILE = ".lock"
+
 _PROJECT_RE = re.compile(r"[0-9]{1,18}", re.ASCII)  # re.ASCII: \d and isdigit() accept other digits
 _MAX_PROJECT = 10**18 - 1
 
@@ -275,6 +280,25 @@ class ProjectDir:
 
     def __repr__(self) -> str:
         return f"ProjectDir({str(self.root)!r})"
+
+    @property
+    def current_pointer(self) -> Path:
+        """The name of the version the project serves (store.py)."""
+        return self.root / CURRENT_FILE
+
+    @property
+    def model_history(self) -> Path:
+        """Metadata of every model version ever published, one JSON line each (store.py)."""
+        return self.root / HISTORY_FILE
+
+    @property
+    def store_lock(self) -> Path:
+        """flock()ed around version numbering, rename and pointer update (store.py)."""
+        return self.root / STORE_LOCK_FILE
+
+    def version_dir(self, version: str) -> Path:
+        """The directory of one model version (the store validates the name)."""
+        return self.root / version
 
     @property
     def project_json(self) -> Path:

@@ -1,6 +1,7 @@
 """Versioned per-project model store on a shared directory (``MODEL_DIR``).
 
-Layout::
+The store's part of the project directory (the names are defined in projectdir.py, which owns the
+directory; its files are written with projectdir's atomic-write and append helpers)::
 
     MODEL_DIR/<project>/                 project id as a plain integer, e.g. ``3``
         v7-20261121T103800Z/             one published version: artifacts + metadata.json
@@ -41,7 +42,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from backend import projectdir
-from backend.projectdir import DIR_MODE, FILE_MODE, ProjectDir, ProjectIdError, append_lines, fsync_dir, write_atomic
+from backend.projectdir import (
+    CURRENT_FILE,
+    DIR_MODE,
+    FILE_MODE,
+    HISTORY_FILE,
+    STORE_LOCK_FILE,
+    ProjectDir,
+    ProjectIdError,
+    append_lines,
+    fsync_dir,
+    write_atomic,
+)
 
 __all__ = [
     "VERSION_RE",
@@ -62,9 +74,6 @@ VERSION_RE = re.compile(r"v([1-9][0-9]{0,11})-([0-9]{8}T[0-9]{6}Z)", re.ASCII)
 _SHORT_VERSION_RE = re.compile(r"v?([1-9][0-9]{0,11})", re.ASCII)
 
 METADATA_FILE = "metadata.json"
-CURRENT_FILE = "CURRENT"
-HISTORY_FILE = "history.jsonl"
-LOCK_FILE = ".lock"
 _POINTER_TMP = ".CURRENT.tmp"  # the pointer's temp file in earlier releases: removed if found
 _TMP_PREFIX = ".tmp-"
 _TRASH_PREFIX = ".trash-"
@@ -185,7 +194,7 @@ class ModelStore:
     # ----------------------------------------------------------------------------- reading
 
     def _dir(self, project: int) -> Path:
-        return self.root / str(project)
+        return ProjectDir(self.root, project).root
 
     def current(self, project: int) -> str | None:
         """The version the project serves (its CURRENT pointer), or None before the first publish."""
@@ -360,7 +369,7 @@ class ModelStore:
     def _project_lock(self, project_dir: Path) -> Iterator[None]:
         # A fresh open per acquisition: flock excludes other open file descriptions, which makes it
         # work between threads and between stores in one process as well as between processes.
-        fd = os.open(project_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        fd = os.open(project_dir / STORE_LOCK_FILE, os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
