@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Mu
 from typing import TYPE_CHECKING, Any
 
 import redis
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from rq import Queue, Worker
 
@@ -41,15 +41,16 @@ from backend.jobs import SERIALIZER
 from backend.store import ModelStore, StoreError, parse_version
 
 if TYPE_CHECKING:  # the web framework is imported lazily: workers import this module for record_cycle
-    from fastapi import APIRouter
     from starlette.routing import BaseRoute
 
 log = logging.getLogger("lsal.metrics")
 http_log = logging.getLogger("lsal.http")
 
+# The same shapes as starlette.types, without importing the web framework into the workers.
 Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[dict]]
-Send = Callable[[dict], Awaitable[None]]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # The 1 s bucket is Label Studio's webhook/health budget; 100 s its /predict budget.
@@ -397,27 +398,6 @@ class Metrics:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
 
-    def router(self) -> APIRouter:
-        """The `GET /metrics` route."""
-        from fastapi import APIRouter
-        from fastapi.responses import Response
-
-        router = APIRouter()
-
-        # A sync endpoint on purpose: the scrape does blocking Redis and file reads, so FastAPI runs
-        # it in the thread pool instead of stalling the event loop that answers /webhook.
-        @router.get(
-            "/metrics",
-            response_class=Response,
-            response_model=None,
-            summary="Prometheus metrics",
-            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format 0.0.4"}},
-        )
-        def metrics() -> Response:
-            return Response(self.render(), media_type=CONTENT_TYPE_LATEST)
-
-        return router
-
 
 def route_template(scope: Scope, routes: Iterable[BaseRoute] = ()) -> str:
     """The route's path template (`/jobs/{job_id}`), never the raw path: ids must not become labels.
@@ -461,7 +441,7 @@ class RequestMetrics:
         start = time.perf_counter()
         status = 500  # what the client sees if the app raises before starting a response
 
-        async def send_and_note(message: dict) -> None:
+        async def send_and_note(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
@@ -477,8 +457,3 @@ class RequestMetrics:
             self.metrics.observe_request(route, method, status, seconds)
             level = logging.WARNING if status >= 500 else logging.INFO
             http_log.log(level, "method=%s route=%s status=%d ms=%.1f", method, route, status, seconds * 1000)
-
-
-def instrument(asgi_app: ASGIApp, app: Any) -> RequestMetrics:
-    """Wrap the served ASGI stack; `app` is the FastAPI app that holds `state.metrics` and the routes."""
-    return RequestMetrics(asgi_app, app.state.metrics, routes=app.routes)

@@ -143,17 +143,6 @@ def test_middleware_labels_by_route_template_and_logs_one_line(
     assert not any("pw-never-logged" in m or "d3Jvbmc" in m for _, m in lines)
 
 
-def test_metrics_router_serves_prometheus_text(settings: Settings) -> None:
-    metrics = Metrics(settings)
-    app = FastAPI()
-    app.include_router(metrics.router())
-    resp = TestClient(app).get("/metrics")
-    assert resp.status_code == 200
-    assert resp.headers["content-type"].startswith("text/plain; version=")
-    families = {f.name for f in text_string_to_metric_families(resp.text)}
-    assert "lsal_build_info" in families
-
-
 def test_build_app_serves_metrics_and_observes_every_route(settings: Settings, redis_conn: redis.Redis) -> None:
     from backend.server import build_app  # the app exactly as `lsal serve` runs it
 

@@ -43,7 +43,7 @@ def test_basic_auth_and_trigger_token_enforced_in_constant_time(
     Expected: 401 JSON without the right credentials on every route; comparisons through hmac.compare_digest
     Observed: as expected
     """
-    import backend.server as server
+    import backend.server.guard as server
 
     calls: list[tuple[bytes, bytes]] = []
     real = server.hmac.compare_digest

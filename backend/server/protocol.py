@@ -1,0 +1,213 @@
+"""Label Studio's ML-backend protocol: `/health`, `/setup`, `/predict` and `/webhook`.
+
+Label Studio calls `/health` (1 s budget), `/setup` (3 s), `/predict` (100 s) and `/webhook` (1 s,
+inside the annotator's Submit, never retried). Webhooks therefore do O(1) work: validate, touch
+Redis, answer. Training happens in the RQ worker (`backend.worker`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from backend import __version__, projects, strategies
+from backend.config import ConfigError, Settings
+from backend.jobs import SCORE_NEW_FUNC, Jobs
+from backend.labelconfig import choices_result, task_input
+from backend.learner import Learner
+from backend.pool import PoolCache
+from backend.server.deps import JobsDep, ProjectLookup, ProjectsDep, RedisDep, SettingsDep, StoreDep, require_jobs
+from backend.server.schemas import (
+    ApiError,
+    HealthResponse,
+    PredictRequest,
+    PredictResponse,
+    SetupRequest,
+    SetupResponse,
+    WebhookResponse,
+    parse_project,
+)
+from backend.store import ModelStore
+
+UNTRAINED = "lsal-untrained"
+TRAINING_ACTIONS = {"START_TRAINING"}
+ANNOTATION_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED"}
+TASK_ACTIONS = {"TASKS_CREATED", "TASKS_DELETED"}
+HANDLED_ACTIONS = TRAINING_ACTIONS | ANNOTATION_ACTIONS | TASK_ACTIONS | {"ANNOTATIONS_DELETED"}
+# Small requests (the annotator opening a task) run on the event loop: a thread hop costs more
+# than the prediction. Larger batches go to the thread pool so /health stays prompt.
+INLINE_PREDICT_TASKS = 64
+
+router = APIRouter()
+
+
+@router.get("/", include_in_schema=False)
+def root() -> dict[str, str]:
+    """Name and version, so a browser pointed at the backend sees what it is."""
+    return {"name": "lsal", "version": __version__, "docs": "/docs"}
+
+
+@router.get("/health", response_model=HealthResponse)
+def health(settings: SettingsDep, connection: RedisDep) -> dict[str, Any]:
+    """Always UP while the process serves; Redis and the model store are reported for operators."""
+    redis_state = "not configured"
+    if connection is not None:
+        try:
+            connection.ping()
+            redis_state = "ok"
+        except redis.RedisError:
+            redis_state = "unavailable"
+    store_state = "ok" if settings.model_dir.is_dir() or not settings.model_dir.exists() else "not a directory"
+    return {
+        "status": "UP",
+        "model_class": "lsal",
+        "version": __version__,
+        "redis": redis_state,
+        "model_store": store_state,
+    }
+
+
+@router.post("/setup", response_model=SetupResponse)
+def setup(body: SetupRequest, settings: SettingsDep, store: StoreDep, lookup: ProjectsDep) -> dict[str, str]:
+    """Validate and save the project's label config and extra_params; answer its model version."""
+    project = parse_project(body.project)
+    lookup.spec(project, body.label_config)  # parsed to reject unsupported configs now, not at the first cycle
+    try:
+        lookup.defaults.with_extra_params(body.extra_params)
+    except ConfigError as exc:
+        raise ApiError(400, str(exc), exc.field) from None
+    try:
+        projects.save(settings.model_dir, project, body.label_config, body.extra_params)
+    except OSError as exc:
+        raise ApiError(507, f"cannot write MODEL_DIR: {exc.strerror}", None) from None
+    return {"model_version": store.current(project) or UNTRAINED}
+
+
+@router.post("/predict", response_model=PredictResponse, response_model_exclude_none=True)
+async def predict(body: PredictRequest, settings: SettingsDep, store: StoreDep, lookup: ProjectsDep) -> JSONResponse:
+    """Pre-annotations from the project's current model, one entry per task, in order."""
+    if len(body.tasks) <= INLINE_PREDICT_TASKS:
+        return JSONResponse(predict_tasks(body, settings, store, lookup))
+    return JSONResponse(await run_in_threadpool(predict_tasks, body, settings, store, lookup))
+
+
+def predict_tasks(body: PredictRequest, settings: Settings, store: ModelStore, lookup: ProjectLookup) -> dict[str, Any]:
+    """The body of `/predict`'s answer; every entry is [] before the project's first model."""
+    if not body.tasks:
+        raise ApiError(400, "tasks must not be empty", "tasks")
+    if len(body.tasks) > settings.max_tasks:
+        raise ApiError(413, f"{len(body.tasks)} tasks exceed MAX_TASKS={settings.max_tasks}", "tasks")
+    raw_project = body.project
+    if raw_project is None:
+        raw_project = (body.tasks[0].model_extra or {}).get("project")
+        if raw_project is None:
+            raise ApiError(400, "project is required (in the body or in the tasks)", "project")
+    project = parse_project(raw_project)
+    spec = lookup.spec(project, body.label_config)
+    inputs = []
+    for i, task in enumerate(body.tasks):
+        try:
+            inputs.append(task_input(spec, task.data))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ApiError(400, str(exc).strip("'\""), f"tasks[{i}].data.{spec.data_key}") from None
+    loaded = store.load(project, Learner.load)
+    if loaded is None:
+        return {"results": [[] for _ in body.tasks]}
+    version, learner = loaded
+    X = learner.transform(inputs)
+    proba = learner.predict_proba(X)
+    name = strategies.resolve(lookup.config(project).strategy)
+    # Pool-level strategies need the whole pool; a single task gets their base measure (margin).
+    measure = strategies.pointwise_measure(name)
+    committee = learner.committee_proba(X) if measure in strategies.NEEDS_COMMITTEE else None
+    inp = strategies.ScoringInput(proba=proba, committee=committee, multi_label=spec.multi_label)
+    info = strategies.informativeness(measure, inp)
+    labels = learner.predict_labels(proba)
+    results = [
+        {"result": choices_result(spec, labels[i]), "score": float(1.0 - info[i]), "model_version": version}
+        for i in range(len(inputs))
+    ]
+    return {"results": results, "model_version": version}
+
+
+@router.post("/webhook", response_model=WebhookResponse, response_model_exclude_none=True)
+async def webhook(
+    request: Request, settings: SettingsDep, store: StoreDep, lookup: ProjectsDep, jobs: JobsDep
+) -> dict[str, Any]:
+    """Turn a Label Studio event into queued work: a cycle, a counted label, or pool bookkeeping."""
+    # The body is parsed by hand, not by a model: Label Studio's payloads vary by action, and any
+    # unknown action must still be answered (ignored) rather than refused.
+    try:
+        body = json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "malformed JSON body", "body") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "expected a JSON object", "body")
+    action = body.get("action")
+    if not isinstance(action, str) or not action:
+        raise ApiError(400, "action must be a non-empty string", "action")
+    if action not in HANDLED_ACTIONS:
+        return {"status": "ignored", "action": action}
+    proj = body.get("project")
+    if not isinstance(proj, dict) or "id" not in proj:
+        raise ApiError(400, "project.id is required", "project.id")
+    project = parse_project(proj["id"], "project.id")
+    if action in TASK_ACTIONS:
+        return tasks_event(project, action, body, settings, store, jobs)
+    queue = require_jobs(jobs)
+    if action in TRAINING_ACTIONS:
+        enq = queue.request_cycle(project, "start_training")
+        return {"status": "queued" if enq.created else "joined", "action": action, "job_id": enq.job_id}
+    if action == "ANNOTATIONS_DELETED":
+        enq = queue.request_cycle(project, "annotations_deleted")
+        return {"status": "queued" if enq.created else "joined", "action": action, "job_id": enq.job_id}
+    count = count_annotations(body, action)
+    if count == 0:
+        return {"status": "ignored", "action": action}
+    every = lookup.config(project).retrain_every
+    enq_or_none = queue.note_annotations(project, count, every)
+    if enq_or_none is None:
+        return {"status": "counted", "action": action}
+    status = "queued" if enq_or_none.created else "joined"
+    return {"status": status, "action": action, "job_id": enq_or_none.job_id}
+
+
+def tasks_event(
+    project: int, action: str, body: dict[str, Any], settings: Settings, store: ModelStore, jobs: Jobs | None
+) -> dict[str, Any]:
+    """Keep the pool cache current; new tasks get scored by the current model right away."""
+    tasks = body.get("tasks")
+    if not isinstance(tasks, list) or not all(isinstance(t, dict) and isinstance(t.get("id"), int) for t in tasks):
+        raise ApiError(400, "tasks must be a list of objects with an integer id", "tasks")
+    cache = PoolCache(settings.model_dir, project)
+    if action == "TASKS_DELETED":
+        cache.delete_tasks(t["id"] for t in tasks)
+        return {"status": "recorded", "action": action}
+    if not cache.snapshot_path.exists():
+        return {"status": "ignored", "action": action}  # no pool yet: the first cycle reads it whole
+    cache.add_tasks(tasks)
+    if store.current(project) is None:
+        return {"status": "recorded", "action": action}
+    ids = [t["id"] for t in tasks]
+    job_id = require_jobs(jobs).enqueue(SCORE_NEW_FUNC, project, ids, project=project, kind="score_new")
+    return {"status": "queued", "action": action, "job_id": job_id}
+
+
+def count_annotations(body: dict[str, Any], action: str) -> int:
+    """How many new labels an event brings; skips (was_cancelled) bring none."""
+    if action == "ANNOTATIONS_CREATED":
+        items = body.get("annotations")
+        if not isinstance(items, list):
+            raise ApiError(400, "annotations must be a list", "annotations")
+        return sum(1 for a in items if not (isinstance(a, dict) and a.get("was_cancelled")))
+    annotation = body.get("annotation")
+    if annotation is not None and not isinstance(annotation, dict):
+        raise ApiError(400, "annotation must be an object", "annotation")
+    if annotation and annotation.get("was_cancelled") and action == "ANNOTATION_CREATED":
+        return 0
+    return 1
