@@ -1,7 +1,7 @@
 """A small, typed client for the Label Studio REST endpoints this backend uses.
 
 One :class:`requests.Session`, timeouts on every call, retries with exponential backoff, and both
-kinds of Label Studio API keys (see ``docs``/``label-studio.md`` §2):
+kinds of Label Studio API keys (README, "Connecting Label Studio"; docs/admin.md on tokens):
 
 * a **personal access token** (PAT, the default since Label Studio 1.20) is a long-lived JWT *refresh*
   token. The client trades it for a short-lived access token (``POST /api/token/refresh/``, valid 5
