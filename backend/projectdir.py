@@ -35,12 +35,16 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import re
 import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -134,9 +138,13 @@ def remove_stray_temp_files(directory: Path) -> list[str]:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # a live writer
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.unlink(entry.path)
                 removed.append(entry.name)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # a read-only directory: the file stays, harmless, until it is writable
+                log.warning("could not remove the stray temporary file %s: %s", entry.path, exc)
         finally:
             os.close(fd)
     return removed
@@ -346,11 +354,17 @@ class ProjectDir:
         return self.pool / ".events.lock"
 
     def open(self) -> ProjectDir:
-        """Create the directory (0700) and remove temp files that killed writers left in it.
+        """Create the directory (0700, or make it so) and remove temp files that killed writers left in it.
 
         Also removes the pickled pool snapshot of earlier releases, which nothing reads any more.
         """
         make_private_dir(self.root)
+        for directory in (self.root, self.pool):
+            # A directory created by an earlier release (0755) is made private on the next open.
+            with contextlib.suppress(OSError):  # not ours to change (another owner): leave it
+                current = stat.S_IMODE(os.stat(directory).st_mode)
+                if current & 0o077:
+                    os.chmod(directory, current & ~0o077)  # owner bits kept: read-only stays read-only
         remove_stray_temp_files(self.root)
         remove_stray_temp_files(self.pool)
         with contextlib.suppress(FileNotFoundError, IsADirectoryError):

@@ -67,6 +67,20 @@ def test_model_dir_and_project_dirs_are_private(tmp_path: Path) -> None:
     assert mode(pdir.cycle_log) == 0o600
 
 
+def test_open_makes_a_directory_of_an_earlier_release_private(tmp_path: Path) -> None:
+    pdir = ProjectDir(tmp_path, 4)
+    pdir.pool.mkdir(mode=0o755, parents=True)
+    os.chmod(pdir.root, 0o755)
+    pdir.open()
+    assert (mode(pdir.root), mode(pdir.pool)) == (0o700, 0o700)
+    os.chmod(pdir.root, 0o555)  # an admin made it read-only: it stays so, for its owner only
+    try:
+        ProjectDir(tmp_path, 4).open()
+        assert mode(pdir.root) == 0o500
+    finally:
+        os.chmod(pdir.root, 0o700)
+
+
 def test_write_atomic_replaces_and_leaves_no_temp_file(tmp_path: Path) -> None:
     target = tmp_path / "p" / "f.json"
     write_json(target, {"a": 1})
