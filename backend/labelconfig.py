@@ -61,7 +61,7 @@ class TaskSpec:
     data_key: str
     labels: tuple[str, ...]
     multi_label: bool
-    kind: Literal["text", "tabular"]
+    kind: Literal["text", "tabular", "image"]
     object_tag: str
 
 

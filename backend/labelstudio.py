@@ -274,6 +274,11 @@ class LabelStudioClient:
             assert self._access is not None
             return {"Authorization": f"Bearer {self._access}"}
 
+    def auth_headers(self) -> dict[str, str]:
+        """The ``Authorization`` header for Label Studio, for a caller that streams a file itself
+        (backend/images.py); never send it to any other host."""
+        return self._auth_header()
+
     # ------------------------------------------------------------------ transport
 
     def _sleep_before_retry(self, attempt: int, resp: requests.Response | None) -> None:

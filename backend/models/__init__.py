@@ -1,0 +1,26 @@
+"""Models lsal can train: the interface, the built-in models, the scikit-learn wrapper, the registry.
+
+See backend/models/base.py for the contract and docs/plugins.md for writing your own.
+"""
+
+from backend.models.base import CAPABILITIES, OBJECT_TAGS, Model, ModelError
+from backend.models.builtin import ImageModel, LearnerModel
+from backend.models.registry import BUILTIN, ENTRY_POINT_GROUP, ModelRegistry
+from backend.models.scorer import ModelScorer, scorer_for
+from backend.models.sklearn import SklearnModel, sklearn_model
+
+__all__ = [
+    "BUILTIN",
+    "CAPABILITIES",
+    "ENTRY_POINT_GROUP",
+    "OBJECT_TAGS",
+    "ImageModel",
+    "LearnerModel",
+    "Model",
+    "ModelError",
+    "ModelRegistry",
+    "ModelScorer",
+    "SklearnModel",
+    "scorer_for",
+    "sklearn_model",
+]

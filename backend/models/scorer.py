@@ -1,0 +1,87 @@
+"""Give any model the shape that scoring (backend/selection.py) works with.
+
+Selection computes features once per chunk (``transform``) and reads probabilities, committee
+probabilities and features from them. The built-in Learner has exactly that shape and is used as
+it is. For any other model, :class:`ModelScorer` calls the model once per chunk and keeps
+everything it said in one matrix: ``[features | probabilities | committee probabilities]`` (the
+features only when the model has them, the committee only when the strategy reads one), so the
+pool is never run through the model twice. A model without features is therefore clustered (the
+``cluster`` written to Label Studio) on its probabilities. Every output is checked
+(:func:`~backend.models.base.check_proba` and friends) before it is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from backend.models.base import Model, ModelError, check_committee, check_features, check_proba
+from backend.models.builtin import LearnerModel
+
+__all__ = ["ModelScorer", "scorer_for"]
+
+
+class ModelScorer:
+    """A Learner-shaped view of a model: ``transform`` -> X -> ``predict_proba(X)`` / ``committee_proba(X)``."""
+
+    def __init__(self, model: Model, *, committee: bool = False, features: bool | None = None) -> None:
+        self.model = model
+        caps = model.capabilities()
+        if committee and "committee" not in caps:
+            raise ModelError(f"{type(model).__name__} has no committee")
+        self.committee = committee
+        self.use_features = ("features" in caps) if features is None else features
+        self._d = 0
+        self._members = 0
+
+    @property
+    def classes_(self) -> tuple[str, ...]:
+        return self.model.classes_
+
+    def transform(self, inputs: Sequence[Any]) -> Any:
+        """One row per input: the model's features (if any), probabilities and committee (if asked)."""
+        n = len(inputs)
+        parts: list[Any] = []
+        if self.use_features:
+            F = check_features(self.model, self.model.features(inputs), n)
+            self._d = F.shape[1]
+            parts.append(sp.csr_matrix(F) if sp.issparse(F) else np.asarray(F, dtype=np.float64))
+        parts.append(check_proba(self.model, self.model.predict_proba(inputs), n))
+        if self.committee:
+            c = check_committee(self.model, self.model.committee_proba(inputs), n)
+            self._members = c.shape[0]
+            parts.append(c.transpose(1, 0, 2).reshape(n, -1))
+        if any(sp.issparse(p) for p in parts):
+            return sp.hstack([sp.csr_matrix(p) for p in parts], format="csr")
+        return np.hstack(parts)
+
+    def _columns(self, X: Any, start: int, stop: int) -> np.ndarray:
+        part = X[:, start:stop]
+        return np.asarray(part.toarray() if sp.issparse(part) else part, dtype=np.float64)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        k = len(self.classes_)
+        return self._columns(X, self._d, self._d + k)
+
+    def committee_proba(self, X: Any) -> np.ndarray:
+        if not self.committee:
+            raise ModelError("committee probabilities were not computed (ModelScorer(committee=True))")
+        k = len(self.classes_)
+        flat = self._columns(X, self._d + k, self._d + k + self._members * k)
+        return flat.reshape(flat.shape[0], self._members, k).transpose(1, 0, 2)
+
+    def make_estimator(self) -> Any:
+        raise ModelError(f"{type(self.model).__name__} gives no estimator factory")
+
+    def predict_labels(self, proba: np.ndarray) -> list[list[str]]:
+        return self.model.predict_labels(proba)
+
+
+def scorer_for(model: Model, *, committee: bool = False) -> Any:
+    """What selection scores with: the Learner itself for the built-in model, else a ModelScorer."""
+    if isinstance(model, LearnerModel):
+        return model.learner
+    return ModelScorer(model, committee=committee)
