@@ -14,7 +14,6 @@ person entered: it writes predictions of its own versions and the project's `mod
 
 from __future__ import annotations
 
-import heapq
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,21 +26,20 @@ import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import KFold, StratifiedKFold
 
-from backend import projects, stopping, strategies
+from backend import projects, selection, stopping, strategies
 from backend.config import ProjectConfig, Settings
 from backend.cycle_log import record_cycle
-from backend.labelconfig import TaskSpec, choices_result, parse_label_config, task_input
+from backend.labelconfig import TaskSpec, parse_label_config, task_input
 from backend.labelstudio import LabelStudioClient
 from backend.learner import Learner, TrainingSet, training_set
 from backend.pool import PoolCache, PoolSnapshot, config_hash
 from backend.projectdir import ProjectDir, read_json, write_json
+from backend.selection import Prediction
 from backend.store import ModelStore
 
 log = logging.getLogger("lsal.cycle")
 
 Progress = Callable[[str, int, int], None]
-SCORE_CHUNK = 20_000
-MAX_CLUSTERS = 50  # cluster ids written to Label Studio per cycle (k-means cost grows with it)
 IMPORT_CHUNK = 5_000
 CV_MAX_LABELS = 5_000
 
@@ -61,7 +59,7 @@ class CycleDeps:
 @dataclass
 class CycleReport:
     project: int
-    status: str = "started"  # trained | cold_start | no_pool
+    status: str = "started"  # started -> trained | cold_start | no_pool | partial_write
     version: str | None = None
     labels: int = 0
     label_counts: dict[str, int] = field(default_factory=dict)
@@ -289,7 +287,7 @@ def _score_and_write(
         return
     depth = min(config.queue_depth, len(ids))
     with _stage(report, progress, "score"):
-        order, info, clusters, labels, report.pool_uncertainty = select_for_queue(
+        chosen = selection.select(
             learner,
             inputs,
             name,
@@ -300,115 +298,20 @@ def _score_and_write(
             labeled_y=ts.y,
             progress=progress,
         )
+    report.pool_uncertainty = chosen.mean_informativeness
     assert report.version is not None
-    predictions = [
-        {
-            "task": ids[i],
-            "result": choices_result(spec, labels[j]),
-            "score": float(1.0 - info[j]),
-            "cluster": int(clusters[j]),
-            "model_version": report.version,
-        }
-        for j, i in enumerate(order)
-    ]
-    _write(deps, project, report, predictions)
+    _write(deps, project, report, chosen.predictions(spec, ids, report.version))
     if report.status != "partial_write":
         _switch(deps, project, config, report.version, report)
 
 
-def select_for_queue(
-    learner: Learner,
-    inputs: Sequence[Any],
-    name: str,
-    depth: int,
-    *,
-    seed: int,
-    multi_label: bool,
-    labeled_inputs: Sequence[Any] | None = None,
-    labeled_y: Sequence[Any] | None = None,
-    progress: Progress = _no_progress,
-) -> tuple[list[int], np.ndarray, np.ndarray, list[list[str]], float]:
-    """Score the pool chunk by chunk and pick the `depth` tasks to put in front of the queue.
-
-    Pointwise measures stream through a bounded heap, so memory does not grow with the pool.
-    Pool-level strategies (density, diversity, coreset, expected_error, variance_reduction) run on
-    the top max(5 x depth, 2000) candidates by margin, which bounds their cost whatever the pool
-    size. coreset, expected_error and variance_reduction also use the labeled set
-    (`labeled_inputs`, `labeled_y`). Returns (pool indices in priority order, informativeness,
-    cluster ids, predicted labels, the pool's mean informativeness by the base measure).
-    """
-    if multi_label and name == "expected_error":
-        log.info("expected_error is single-label only; using margin for this multi-label project")
-        name = "margin"
-    n = len(inputs)
-    pointwise = name in strategies.POINTWISE
-    base = strategies.pointwise_measure(name)
-    keep = depth if pointwise else min(n, max(5 * depth, 2000))
-    heap: list[tuple[float, int]] = []
-    total_info = 0.0
-    for start in range(0, n, SCORE_CHUNK):
-        X = learner.transform(inputs[start : start + SCORE_CHUNK])
-        inp = strategies.ScoringInput(
-            proba=learner.predict_proba(X),
-            committee=learner.committee_proba(X) if base in strategies.NEEDS_COMMITTEE else None,
-            multi_label=multi_label,
-            seed=seed + start,
-        )
-        info = strategies.informativeness(base, inp)
-        total_info += float(info.sum())
-        for j in strategies.priority_order(info, keep):
-            item = (float(info[j]), -(start + int(j)))
-            if len(heap) < keep:
-                heapq.heappush(heap, item)
-            elif item > heap[0]:
-                heapq.heapreplace(heap, item)
-        progress("score", min(start + SCORE_CHUNK, n), n)
-    chosen = np.array([-i for _, i in sorted(heap, reverse=True)], dtype=np.int64)
-    X = learner.transform([inputs[i] for i in chosen])
-    proba = learner.predict_proba(X)
-    # One cluster per pick (cluster-margin, Citovsky et al. 2021), at most MAX_CLUSTERS: a batch then
-    # takes the most uncertain task of each region, and Label Studio's cluster rule serves them in
-    # that spread. Measured against sqrt(depth) + 1 clusters in docs/benchmarks.md.
-    n_clusters = max(1, min(len(chosen), depth, MAX_CLUSTERS))
-    clusters = strategies.cluster_ids(X, n_clusters, seed=seed)
-    if pointwise:
-        info = np.array([v for v, _ in sorted(heap, reverse=True)], dtype=np.float64)
-    else:
-        labeled_features = labeled_codes = None
-        if labeled_inputs is not None and labeled_y is not None and len(labeled_inputs) and not multi_label:
-            # Codes by position in classes_: sorted codes are then exactly proba's column order.
-            index = {label: i for i, label in enumerate(learner.classes_)}
-            keep = [i for i, y in enumerate(labeled_y) if y in index]
-            labeled_features = learner.transform([labeled_inputs[i] for i in keep])
-            labeled_codes = np.array([index[labeled_y[i]] for i in keep], dtype=np.int64)
-        inp = strategies.ScoringInput(
-            proba=proba,
-            committee=learner.committee_proba(X) if name in strategies.NEEDS_COMMITTEE else None,
-            features=X,
-            labeled_features=labeled_features,
-            labeled_y=labeled_codes,
-            multi_label=multi_label,
-            seed=seed,
-            make_estimator=learner.make_estimator,
-        )
-        params: dict[str, Any] = {}
-        if name in ("diversity", "coreset"):
-            params["batch_size"] = min(depth, len(chosen))
-        if name == "diversity":
-            params["clusters"] = clusters  # picks agree with the cluster field Label Studio sees
-        info = strategies.informativeness(name, inp, **params)
-    local = strategies.priority_order(info, depth)
-    labels = learner.predict_labels(proba[local])
-    mean_info = total_info / n if n else 0.0
-    return [int(chosen[j]) for j in local], info[local], clusters[local], labels, mean_info
-
-
-def _write(deps: CycleDeps, project: int, report: CycleReport, predictions: list[dict[str, Any]]) -> None:
+def _write(deps: CycleDeps, project: int, report: CycleReport, predictions: list[Prediction]) -> None:
+    """Import the predictions in chunks, counting what Label Studio stored (``partial_write`` if not all)."""
     assert report.version is not None
     ProjectDir(deps.settings.model_dir, project).record_written(report.version)
     with _stage(report, deps.progress, "write"):
         for start in range(0, len(predictions), IMPORT_CHUNK):
-            chunk = predictions[start : start + IMPORT_CHUNK]
+            chunk = [p.to_json() for p in predictions[start : start + IMPORT_CHUNK]]
             created = deps.client.import_predictions(project, chunk)
             report.written += len(chunk)
             report.created += created
@@ -452,56 +355,13 @@ def _seed_order(
     report.pool = len(ids)
     if len(ids) == 0:
         return
-    depth = min(config.queue_depth, len(ids))
     with _stage(report, deps.progress, "seed_order"):
-        X = label_free_features(spec, inputs, deps.settings.seed)
-        n_clusters = max(1, min(len(ids), 2 * len(spec.labels) + 8, 50))
-        clusters = strategies.cluster_ids(X, n_clusters, seed=deps.settings.seed)
-        # Round-robin over clusters, central (typical) rows first within each cluster.
-        order = strategies.round_robin(_centrality(X, clusters), clusters, depth)
+        order = selection.seed_order(spec, inputs, config.queue_depth, deps.settings.seed)
     version = f"seed-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
     report.version = version
-    predictions = [
-        {
-            "task": ids[i],
-            "result": [],
-            "score": round(rank / max(1, depth), 6),
-            "cluster": int(clusters[i]),
-            "model_version": version,
-        }
-        for rank, i in enumerate(order)
-    ]
-    _write(deps, project, report, predictions)
+    _write(deps, project, report, order.predictions(spec, ids, version))
     if report.status != "partial_write":
         _switch(deps, project, config, version, report)
-
-
-def _centrality(X: Any, clusters: np.ndarray) -> np.ndarray:
-    """1 / (1 + distance to the row's cluster mean): typical rows of a cluster come first.
-
-    Sparse input stays sparse: ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2, one dense centre at a time
-    (densifying a 100k-task TF-IDF pool would need ~37 GB).
-    """
-    out = np.zeros(len(clusters))
-    sparse = hasattr(X, "toarray")
-    for c in np.unique(clusters):
-        rows = np.flatnonzero(clusters == c)
-        part = X[rows] if sparse else np.asarray(X)[rows]
-        centre = np.asarray(part.mean(axis=0), dtype=np.float64).ravel()
-        if sparse:
-            sq = np.asarray(part.multiply(part).sum(axis=1), dtype=np.float64).ravel()
-            d2 = sq - 2.0 * np.asarray(part @ centre, dtype=np.float64).ravel() + float(centre @ centre)
-            dist = np.sqrt(np.maximum(d2, 0.0))
-        else:
-            dist = np.linalg.norm(part - centre, axis=1)
-        out[rows] = 1.0 / (1.0 + dist)
-    return out
-
-
-def label_free_features(spec: TaskSpec, inputs: Sequence[Any], seed: int) -> Any:
-    """Features that need no labels, for cold-start clustering: the learner's own featurizer
-    (TF-IDF for text; median-imputed, standardized numbers for tables), fitted on the pool."""
-    return Learner(spec, seed=seed).fit_features(inputs)
 
 
 def score_new_tasks(deps: CycleDeps, project: int, task_ids: Sequence[int]) -> dict[str, Any]:
@@ -526,28 +386,10 @@ def score_new_tasks(deps: CycleDeps, project: int, task_ids: Sequence[int]) -> d
         ids.append(int(task_id))
     if not ids:
         return {"status": "nothing_to_score", "written": 0}
-    name = strategies.resolve(config.strategy)
-    measure = strategies.pointwise_measure(name)
-    X = learner.transform(inputs)
-    proba = learner.predict_proba(X)
-    inp = strategies.ScoringInput(
-        proba=proba,
-        committee=learner.committee_proba(X) if measure in strategies.NEEDS_COMMITTEE else None,
-        multi_label=spec.multi_label,
-        seed=deps.settings.seed,
+    predictions = selection.predict(
+        learner, spec, inputs, config.strategy, version, task_ids=ids, seed=deps.settings.seed
     )
-    info = strategies.informativeness(measure, inp)
-    labels = learner.predict_labels(proba)
-    predictions = [
-        {
-            "task": ids[i],
-            "result": choices_result(spec, labels[i]),
-            "score": float(1.0 - info[i]),
-            "model_version": version,
-        }
-        for i in range(len(ids))
-    ]
-    created = deps.client.import_predictions(project, predictions, chunk_size=IMPORT_CHUNK)
+    created = deps.client.import_predictions(project, [p.to_json() for p in predictions], chunk_size=IMPORT_CHUNK)
     return {"status": "scored", "version": version, "written": len(predictions), "created": created}
 
 

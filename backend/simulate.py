@@ -5,8 +5,8 @@ a training pool, lets each strategy ask for ``--batch`` labels at a time (the "o
 the true label), retrains after every batch and scores every model on a held-out test split.
 
 It uses exactly the production code path: :class:`backend.learner.Learner` for the model,
-:func:`backend.cycle.select_for_queue` for the batch (the function the worker uses to fill
-Label Studio's queue) and :func:`backend.labelconfig.task_input` to turn a row into a model input.
+:func:`backend.selection.select` for the batch (the function the worker uses to fill Label
+Studio's queue) and :func:`backend.labelconfig.task_input` to turn a row into a model input.
 Nothing here re-implements a strategy.
 
 Protocol
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import inspect
 import json
 import math
 import multiprocessing as mp
@@ -47,7 +46,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import train_test_split
 
-from backend import cycle, strategies
+from backend import selection, strategies
 from backend.labelconfig import LabelConfigError, TaskSpec, parse_label_config, task_input
 from backend.learner import Learner
 
@@ -63,7 +62,7 @@ SCHEMA_DOC = """curves.json (schema_version 1):
                batch, budget, repeats, test_fraction, seed, initial_order, jobs},
   "dataset":  {rows, skipped_rows, kind, labels, label_counts, n_pool, n_test},
   "full_pool": {"n_labels": n_pool, "accuracy": float, "macro_f1": float},
-  "resolved": {strategy name as given: concrete strategy it ran (e.g. "default" -> "margin")},
+  "resolved": {strategy name as given: concrete strategy it ran (e.g. "default" -> "diversity")},
   "runs": {strategy: [ {"repeat": r, "seed": s, "seconds": float,
                         "n_labels": [int, ...], "accuracy": [float, ...], "macro_f1": [float, ...],
                         "labeled_order": [pool row, ...] (initial set first, then the picks in order)},
@@ -306,14 +305,6 @@ def _score(learner: Learner, inputs: Sequence[Any], y: Sequence[str]) -> tuple[f
     return round(acc, 6), round(f1, 6)
 
 
-def _select_kwargs(labeled: Sequence[int], plan: Plan, learner: Learner) -> dict[str, Any]:
-    """Labeled rows for select_for_queue, if this version of it takes them (expected_error, coreset...)."""
-    params = inspect.signature(cycle.select_for_queue).parameters
-    if "labeled_inputs" not in params:
-        return {}
-    return {"labeled_inputs": [plan.pool_inputs[i] for i in labeled], "labeled_y": [plan.pool_y[i] for i in labeled]}
-
-
 def run_one(plan: Plan, name: str, repeat: int, tick: Callable[[], None] | None = None) -> dict[str, Any]:
     """One learning curve: strategy ``name`` from repeat ``repeat``'s initial set up to the budget."""
     start_time = time.perf_counter()
@@ -335,18 +326,19 @@ def run_one(plan: Plan, name: str, repeat: int, tick: Callable[[], None] | None 
             break
         k = min(plan.batch, plan.budget - len(labeled))
         rest = np.flatnonzero(in_pool)
-        order, *_ = cycle.select_for_queue(
+        chosen = selection.select(
             learner,
             [plan.pool_inputs[i] for i in rest],
             name,
             k,
             seed=seed * 100_003 + step,
             multi_label=False,
-            **_select_kwargs(labeled, plan, learner),
+            labeled_inputs=[plan.pool_inputs[i] for i in labeled],
+            labeled_y=[plan.pool_y[i] for i in labeled],
         )
-        picked = [int(rest[j]) for j in order]
+        picked = [int(rest[j]) for j in chosen.rows]
         if len(picked) != k or len(set(picked)) != k:
-            raise RuntimeError(f"select_for_queue({name!r}) returned {len(set(picked))} distinct rows, asked {k}")
+            raise RuntimeError(f"selection.select({name!r}) returned {len(set(picked))} distinct rows, asked {k}")
         labeled.extend(picked)
         in_pool[picked] = False
         step += 1
@@ -539,8 +531,7 @@ class ProgressBar:
 
 
 def _expected_cost(name: str) -> int:
-    concrete = strategies.resolve(name)
-    return {"expected_error": 4, "variance_reduction": 2, "density": 2, "diversity": 2, "coreset": 2}.get(concrete, 1)
+    return strategies.get(name).cost_rank
 
 
 def simulate(cfg: SimulationConfig, progress: TextIO | None = None) -> dict[str, Any]:
@@ -576,7 +567,7 @@ def simulate(cfg: SimulationConfig, progress: TextIO | None = None) -> dict[str,
         learner_params=dict(cfg.learner_params),
     )
     resolved = {n: strategies.resolve(n) for n in names}
-    # A name that resolves to a strategy already listed (default -> margin) reuses its runs.
+    # A name that resolves to a strategy already listed (default -> diversity) reuses its runs.
     concrete: list[str] = list(dict.fromkeys(resolved.values()))
 
     full = _fit(plan, range(len(pool_idx)), cfg.seed)

@@ -26,48 +26,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 import scipy.sparse as sp
 
-STRATEGY_NAMES: tuple[str, ...] = (
-    "least_confidence",
-    "margin",
-    "entropy",
-    "vote_entropy",
-    "consensus_entropy",
-    "kl_divergence",
-    "density",
-    "diversity",
-    "coreset",
-    "expected_error",
-    "variance_reduction",
-    "random",
-    "default",
-)
-
-# Measured with `lsal simulate` on six datasets, 10 repeats (docs/benchmarks.md): margin + cluster
-# round-robin has the best AULC on every dataset and beats random on >= 90% of repeats on each.
-DEFAULT_STRATEGY: str = "diversity"
-
-NEEDS_COMMITTEE: frozenset[str] = frozenset({"vote_entropy", "consensus_entropy", "kl_divergence"})
-NEEDS_FEATURES: frozenset[str] = frozenset({"density", "diversity", "coreset", "expected_error", "variance_reduction"})
-BATCH_STRATEGIES: frozenset[str] = frozenset({"diversity", "coreset", "expected_error", "variance_reduction"})
-# Strategies whose value for a row depends on that row alone: they can score one task (/predict) or a
-# pool streamed in chunks. The others need the pool (or labeled set) at once.
-POINTWISE: frozenset[str] = frozenset(
-    {"least_confidence", "margin", "entropy", "vote_entropy", "consensus_entropy", "kl_divergence", "random"}
-)
-
-
-def pointwise_measure(name: str) -> str:
-    """The measure that scores rows one at a time for strategy `name`: the strategy itself when it
-    is pointwise, else its base measure, margin (pool-level strategies need the whole pool)."""
-    return name if name in POINTWISE else "margin"
-
-
-Features = np.ndarray | sp.csr_matrix | sp.csr_array
+Features: TypeAlias = np.ndarray | sp.csr_matrix | sp.csr_array
 
 # Rows whose probabilities sum to 1 within this tolerance are accepted; float32 models drift ~1e-6.
 SUM_TOL = 1e-4
@@ -92,14 +56,6 @@ class ScoringInput:
     make_estimator: Callable[[], Any] | None = None
     multi_label: bool = False
     seed: int = 0
-
-
-def resolve(name: str) -> str:
-    """Map a user-facing strategy name to a concrete one (``default`` -> :data:`DEFAULT_STRATEGY`)."""
-    key = name.strip().lower() if isinstance(name, str) else name
-    if key not in STRATEGY_NAMES:
-        raise ValueError(f"unknown strategy {name!r}; valid names: {', '.join(STRATEGY_NAMES)}")
-    return DEFAULT_STRATEGY if key == "default" else key
 
 
 # --------------------------------------------------------------------------------------------------
@@ -459,41 +415,31 @@ def multi_label_informativeness(
     """
     if aggregate not in _ML_AGGREGATES:
         raise ValueError(f"multi-label aggregate must be one of {_ML_AGGREGATES}, got {aggregate!r}")
-    if measure in NEEDS_COMMITTEE:
+    fn = _measure(measure)
+    if "committee" in REGISTRY[measure].needs:
         c = check_committee(committee, multi_label=True)
         m, n, n_labels = c.shape
         if n == 0:
             return np.zeros(0)
         two = _binary_expand(c).reshape(m, n * n_labels, 2)
-        per_label = _MEASURES[measure](two).reshape(n, n_labels)
+        per_label = fn(two).reshape(n, n_labels)
     else:
         p = check_proba(proba, multi_label=True)
         n, n_labels = p.shape
         if n == 0:
             return np.zeros(0)
-        per_label = _MEASURES[measure](_binary_expand(p).reshape(n * n_labels, 2)).reshape(n, n_labels)
+        per_label = fn(_binary_expand(p).reshape(n * n_labels, 2)).reshape(n, n_labels)
     return per_label.mean(axis=1) if aggregate == "mean" else per_label.max(axis=1)
-
-
-_MEASURES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "least_confidence": least_confidence,
-    "margin": margin,
-    "entropy": entropy,
-    "vote_entropy": vote_entropy,
-    "consensus_entropy": consensus_entropy,
-    "kl_divergence": kl_divergence,
-}
 
 
 def _base(inp: ScoringInput, base: str, aggregate: str = "mean") -> np.ndarray:
     """Informativeness from one of the probability measures (the base of the feature strategies)."""
-    if base not in _MEASURES:
-        raise ValueError(f"base measure must be one of {tuple(_MEASURES)}, got {base!r}")
+    fn = _measure(base)
     if inp.multi_label:
         return multi_label_informativeness(base, inp.proba, inp.committee, aggregate)
-    if base in NEEDS_COMMITTEE:
-        return _MEASURES[base](inp.committee)
-    return _MEASURES[base](inp.proba)
+    if "committee" in REGISTRY[base].needs:
+        return fn(inp.committee)
+    return fn(inp.proba)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -988,28 +934,451 @@ def _check_k(k: Any) -> int:
     return int(k)
 
 
-_PARAMS: dict[str, frozenset[str]] = {
-    "least_confidence": frozenset({"aggregate"}),
-    "margin": frozenset({"aggregate"}),
-    "entropy": frozenset({"aggregate"}),
-    "vote_entropy": frozenset({"aggregate"}),
-    "consensus_entropy": frozenset({"aggregate"}),
-    "kl_divergence": frozenset({"aggregate", "reduce"}),
-    "density": frozenset({"base", "beta", "n_ref", "gamma", "aggregate"}),
-    "diversity": frozenset({"base", "prefilter", "clusters", "aggregate", "batch_size"}),
-    "coreset": frozenset({"max_labeled", "batch_size"}),
-    "expected_error": frozenset({"n_candidates", "n_eval", "base"}),
-    "variance_reduction": frozenset({"n_candidates", "n_eval", "max_dim", "ridge", "base", "aggregate"}),
-    "random": frozenset(),
-}
+def _random(inp: ScoringInput) -> np.ndarray:
+    """``random`` as a strategy: :func:`random_scores` for every pool row."""
+    return random_scores(_pool_size(inp), inp.seed)
 
 
-def _check_params(name: str, params: dict[str, Any]) -> None:
-    unknown = set(params) - _PARAMS[name]
-    if unknown:
-        raise ValueError(
-            f"unknown parameter(s) {sorted(unknown)} for strategy {name!r}; accepted: {sorted(_PARAMS[name])}"
-        )
+def diversity_informativeness(
+    inp: ScoringInput,
+    base: str = "margin",
+    prefilter: int = 10,
+    clusters: np.ndarray | None = None,
+    aggregate: str = "mean",
+    batch_size: int = 100,
+) -> np.ndarray:
+    """``diversity`` as informativeness: the :func:`diversity_select` batch banded above the rest.
+
+    The ``batch_size`` picks get ``1 - 0.5 r / b`` (pick ``r`` of ``b``, in (0.5, 1]); every other
+    row half its ``base`` value, in [0, 0.5] (:func:`_band`).
+    """
+    base_inf = _base(inp, base, aggregate)
+    picks = _diversity_picks(inp, min(batch_size, len(base_inf)), base_inf, prefilter, clusters)
+    return _band(picks, base_inf)
+
+
+def coreset_informativeness(inp: ScoringInput, max_labeled: int = 1000, batch_size: int = 100) -> np.ndarray:
+    """``coreset`` as informativeness: the :func:`coreset_select` batch banded above the rest.
+
+    Picks in (0.5, 1] in pick order; every other row ``0.5 * d / max d``, ``d`` its distance to
+    the labeled set + picks.
+    """
+    picks, dist = coreset_select(inp, batch_size, max_labeled)
+    top = float(dist.max()) if dist.size else 0.0
+    return _band(picks, dist / top if top > 0 else dist)
+
+
+def _coreset_picks(inp: ScoringInput, k: int, max_labeled: int = 1000) -> np.ndarray:
+    return coreset_select(inp, k, max_labeled)[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# the registry: one entry per strategy; everything else (cycle, simulate, server, /setup, docs,
+# tests) reads it.
+
+Selection = Literal["pointwise", "pool", "batch"]
+Input = Literal["proba", "committee", "pool"]
+# What ScoringInput fields an entry reads: "committee" (ScoringInput.committee), "features",
+# "labeled" (labeled_features + labeled_y), "estimator" (make_estimator).
+INPUTS: tuple[str, ...] = ("committee", "features", "labeled", "estimator")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One keyword parameter of a strategy: its default, type and bounds (inclusive).
+
+    ``settable=False`` marks parameters the caller derives (``batch_size`` from the queue depth,
+    ``clusters`` from the clustering), which a project cannot set.
+    """
+
+    name: str
+    default: Any
+    kind: type
+    doc: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    settable: bool = True
+
+    def check(self, strategy: str, value: Any) -> Any:
+        """``value`` if it is valid for this parameter (ints accepted for floats), else ValueError."""
+        where = f"parameter {self.name!r} of strategy {strategy!r}"
+        if self.choices:
+            if not isinstance(value, str) or value not in self.choices:
+                raise ValueError(f"{where} must be one of {', '.join(self.choices)}, got {value!r}")
+            return value
+        if self.kind is int:
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise ValueError(f"{where} must be an integer, got {value!r}")
+        elif self.kind is float:
+            if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+                raise ValueError(f"{where} must be a number, got {value!r}")
+            if not math.isfinite(float(value)):
+                raise ValueError(f"{where} must be finite, got {value!r}")
+        else:
+            return value  # arrays (clusters): checked by the function that uses them
+        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+            raise ValueError(f"{where} must be in [{_num(self.low)}, {_num(self.high)}], got {value!r}")
+        return value
+
+    def bounds(self) -> str:
+        """The accepted values in words, for the docs: ``1 – 10,000`` or ``mean, max``."""
+        if self.choices:
+            return ", ".join(f"`{c}`" for c in self.choices)
+        if self.kind not in (int, float):
+            return "set by the caller"
+        return f"{_num(self.low)} – {_num(self.high)}"
+
+
+def _num(v: float | None) -> str:
+    if v is None:
+        return "∞"
+    return f"{v:,}" if float(v).is_integer() else str(v)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A registry entry: everything the cycle, the server, the docs and the tests need to know.
+
+    ``function`` is the public function that computes the strategy; ``input`` says what it takes:
+    ``"proba"`` an ``(n, k)`` array, ``"committee"`` an ``(m, n, k)`` array, ``"pool"`` the whole
+    :class:`ScoringInput` (returning informativeness).  ``selection``: ``"pointwise"`` (a row's value
+    depends on that row alone: stream the pool in chunks, score one task in /predict), ``"pool"``
+    (needs the whole pool at once), ``"batch"`` (selects ``batch_size`` rows as a set; ``select``
+    returns the picks).  ``needs``: inputs that must be given; ``uses``: inputs read when given.
+    ``cost_rank``: relative cost, 1 (a pass over the probabilities) to 4 (model refits).
+    """
+
+    name: str
+    function: Callable[..., Any]
+    input: Input
+    selection: Selection
+    formula: str
+    normalization: str
+    reference: str
+    cost: str
+    cost_rank: int
+    when: str
+    needs: frozenset[str] = frozenset()
+    uses: frozenset[str] = frozenset()
+    params: tuple[Param, ...] = ()
+    multi_label: bool = True
+    select: Callable[..., np.ndarray] | None = None
+
+    @property
+    def pointwise(self) -> bool:
+        """True when a row's value depends on that row alone (chunked scoring, /predict)."""
+        return self.selection == "pointwise"
+
+    @property
+    def row_measure(self) -> str:
+        """The measure that scores rows one at a time for this strategy: itself when pointwise, else
+        :data:`PREFILTER_MEASURE` (pool-level strategies need the whole pool)."""
+        return self.name if self.pointwise else PREFILTER_MEASURE
+
+    def param(self, name: str) -> Param | None:
+        """The parameter called ``name``, or None."""
+        return next((p for p in self.params if p.name == name), None)
+
+    def check_params(self, params: dict[str, Any], *, settable_only: bool = False) -> dict[str, Any]:
+        """``params`` validated against this entry (names, types, bounds); raises ValueError."""
+        accepted = [p.name for p in self.params if p.settable or not settable_only]
+        unknown = sorted(set(params) - set(accepted))
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {unknown} for strategy {self.name!r}; accepted: {sorted(accepted)}")
+        out = {}
+        for key, value in params.items():
+            spec = self.param(key)
+            assert spec is not None
+            out[key] = spec.check(self.name, value)
+        return out
+
+    def requires(self, params: dict[str, Any] | None = None) -> frozenset[str]:
+        """Inputs this entry reads with ``params``: ``uses``, plus a committee when its ``base`` is a
+        committee measure."""
+        base = (params or {}).get("base")
+        if isinstance(base, str) and base in REGISTRY and "committee" in REGISTRY[base].needs:
+            return self.uses | {"committee"}
+        return self.uses
+
+
+def _aggregate() -> Param:
+    return Param("aggregate", "mean", str, "multi-label: mean or max over the labels", choices=("mean", "max"))
+
+
+def _base_param(default: str) -> Param:
+    return Param("base", default, str, "the probability measure underneath", choices=_MEASURE_NAMES)
+
+
+_MEASURE_NAMES = ("least_confidence", "margin", "entropy", "vote_entropy", "consensus_entropy", "kl_divergence")
+_COMMITTEE = frozenset({"committee"})
+
+
+def _batch_size() -> Param:
+    return Param("batch_size", 100, int, "rows selected as a batch (the cycle: the queue depth)", 0, None, (), False)
+
+
+def _entries() -> tuple[Strategy, ...]:
+    return (
+        Strategy(
+            "least_confidence",
+            least_confidence,
+            "proba",
+            "pointwise",
+            formula="1 - max_y P(y|x)",
+            normalization="× k/(k-1) (the uniform distribution gives 1)",
+            reference="Settles §3.1, Eq. 1",
+            cost="O(nk), ~10–25 ms for 1M × 4",
+            cost_rank=1,
+            when="simplest uncertainty; looks at the top class only",
+            params=(_aggregate(),),
+        ),
+        Strategy(
+            "margin",
+            margin,
+            "proba",
+            "pointwise",
+            formula="1 - (P(y1|x) - P(y2|x)), top two classes",
+            normalization="none needed: 1 for a tie, 0 for one-hot",
+            reference="Settles §3.1, Eq. 2",
+            cost="O(nk), ~10–35 ms",
+            cost_rank=1,
+            when="robust for any k; the base of `diversity`, the default",
+            params=(_aggregate(),),
+        ),
+        Strategy(
+            "entropy",
+            entropy,
+            "proba",
+            "pointwise",
+            formula="-Σ P log P",
+            normalization="/ log k",
+            reference="Settles §3.1, Eq. 3",
+            cost="O(nk) logs, ~15–45 ms",
+            cost_rank=1,
+            when="uses the whole distribution; good for many classes",
+            params=(_aggregate(),),
+        ),
+        Strategy(
+            "vote_entropy",
+            vote_entropy,
+            "committee",
+            "pointwise",
+            formula="-Σ V(y)/m log(V(y)/m), V = hard votes",
+            normalization="/ log min(k, m) (largest possible vote entropy)",
+            reference="Settles §3.2, Eq. 4",
+            cost="O(mnk), ~80 ms for 5 × 1M × 4",
+            cost_rank=1,
+            when="query by committee with hard votes",
+            needs=_COMMITTEE,
+            uses=_COMMITTEE,
+            params=(_aggregate(),),
+        ),
+        Strategy(
+            "consensus_entropy",
+            consensus_entropy,
+            "committee",
+            "pointwise",
+            formula="entropy of the members' mean (soft vote)",
+            normalization="/ log k",
+            reference="Settles §3.2",
+            cost="O(mnk), ~40 ms",
+            cost_rank=1,
+            when="committee, soft votes",
+            needs=_COMMITTEE,
+            uses=_COMMITTEE,
+            params=(_aggregate(),),
+        ),
+        Strategy(
+            "kl_divergence",
+            kl_divergence,
+            "committee",
+            "pointwise",
+            formula='max_c KL(P_c ‖ P_mean) (modAL\'s max disagreement); `reduce="mean"`: mean KL',
+            normalization="max: / log m (KL from a mean that includes the member is at most log m); "
+            "mean: / log min(k, m)",
+            reference="Settles §3.2, Eq. 5 (McCallum & Nigam 1998)",
+            cost="O(mnk) logs, ~80 ms",
+            cost_rank=1,
+            when="committee; finds rows where one member strongly dissents",
+            needs=_COMMITTEE,
+            uses=_COMMITTEE,
+            params=(
+                _aggregate(),
+                Param("reduce", "max", str, "max or mean over the members", choices=("max", "mean")),
+            ),
+        ),
+        Strategy(
+            "density",
+            density,
+            "pool",
+            "pool",
+            formula="φ(x) · (mean_u sim(x, u))^β (information density); sim = exp(-γ(1 - cos)) on "
+            "L2-normalized features",
+            normalization="both factors are already in [0, 1]",
+            reference="Settles §5.1, Eq. 15 (Settles & Craven 2008)",
+            cost="O(n · n_ref · d), n_ref = 256 sampled reference rows (Monte Carlo, standard error ≤ 0.5/√n_ref)",
+            cost_rank=2,
+            when="uncertain *and* typical rows; avoids outliers",
+            needs=frozenset({"features"}),
+            uses=frozenset({"features"}),
+            params=(
+                _base_param("entropy"),
+                Param("beta", 1.0, float, "weight of the density factor", 0.0, 100.0),
+                Param("n_ref", 256, int, "reference rows sampled for the density", 1, 100_000),
+                Param("gamma", 1.0, float, "kernel width: sim = exp(-γ(1 - cos))", 0.0, 1000.0),
+                _aggregate(),
+            ),
+        ),
+        Strategy(
+            "diversity",
+            diversity_informativeness,
+            "pool",
+            "batch",
+            formula="batch: prefilter the `prefilter·k` most informative rows by `base` (default margin), "
+            "weighted k-means with k centres, the row nearest each centre; or round-robin over given "
+            "`clusters` (the cycle: one cluster per pick, cluster-margin)",
+            normalization="banded (below)",
+            reference="Zhdanov 2019; Citovsky et al. 2021",
+            cost="O(n) + k-means on `10k` rows; memory O(n + 10k·k), never n × n",
+            cost_rank=2,
+            when="labelling in batches; avoids near-duplicates in one batch",
+            needs=frozenset({"features"}),
+            uses=frozenset({"features"}),
+            params=(
+                _base_param("margin"),
+                Param("prefilter", 10, int, "candidates per pick for k-means", 1, 1000),
+                Param("clusters", None, np.ndarray, "a cluster id per row (the cycle passes its own)", settable=False),
+                _aggregate(),
+                _batch_size(),
+            ),
+            select=diversity_select,
+        ),
+        Strategy(
+            "coreset",
+            coreset_informativeness,
+            "pool",
+            "batch",
+            formula="k-center greedy: repeatedly the row farthest from labeled ∪ picked",
+            normalization="banded; other rows: distance / max distance",
+            reference="Sener & Savarese 2018",
+            cost="O((l + k) n d), l ≤ `max_labeled` = 1000 (subsampled)",
+            cost_rank=2,
+            when="cold-ish start, representation coverage, model-agnostic",
+            needs=frozenset({"features"}),
+            uses=frozenset({"features", "labeled"}),
+            params=(
+                Param("max_labeled", 1000, int, "labeled rows kept (seeded subsample)", 1, 1_000_000),
+                _batch_size(),
+            ),
+            select=_coreset_picks,
+        ),
+        Strategy(
+            "expected_error",
+            expected_error,
+            "pool",
+            "pool",
+            formula="Σ_y P(y|x) · mean_u (1 - max P⁺(·|u)), P⁺ refitted on L + (x, y)",
+            normalization="1 - EE · k/(k-1); banded",
+            reference="Settles §3.4, Eq. 8; Roy & McCallum 2001",
+            cost="`n_candidates · k` fits (default 100 × k) on l + 1 rows + predictions on `n_eval` = 500 rows",
+            cost_rank=4,
+            when="small pools, cheap models, when the label budget is precious",
+            needs=frozenset({"features", "labeled", "estimator"}),
+            uses=frozenset({"features", "labeled", "estimator"}),
+            params=(
+                Param("n_candidates", 100, int, "rows evaluated by refitting", 1, 100_000),
+                Param("n_eval", 500, int, "pool rows the expected error is averaged over", 1, 1_000_000),
+                _base_param("entropy"),
+            ),
+            multi_label=False,
+        ),
+        Strategy(
+            "variance_reduction",
+            variance_reduction,
+            "pool",
+            "pool",
+            formula="Fisher information ratio tr(I_{L+x}^{-1} I_U), block-diagonal logistic Fisher w(x) x xᵀ, "
+            "w = Σ_y P(1-P); Sherman–Morrison closed form, no refits",
+            normalization="fraction of the current output variance removed, in [0, 1]; banded",
+            reference="Settles §3.5, Eq. 12; Schein & Ungar 2007",
+            cost="O((l + n_eval + n_candidates) d² + d³), d ≤ `max_dim` = 256 (sparse random projection beyond)",
+            cost_rank=2,
+            when="logistic-type models, when you want the principled choice at bounded cost",
+            needs=frozenset({"features"}),
+            uses=frozenset({"features", "labeled", "estimator"}),
+            params=(
+                Param("n_candidates", 2000, int, "rows evaluated", 1, 1_000_000),
+                Param("n_eval", 2000, int, "pool rows I_U is averaged over", 1, 1_000_000),
+                Param("max_dim", 256, int, "features projected to at most this many dimensions", 1, 4096),
+                Param("ridge", 1.0, float, "L2 prior of the Fisher information (scikit-learn's C=1)", 1e-9, 1e9),
+                _base_param("entropy"),
+                _aggregate(),
+            ),
+        ),
+        Strategy(
+            "random",
+            _random,
+            "pool",
+            "pointwise",
+            formula="uniform in [0, 1) from `seed`",
+            normalization="—",
+            reference="—",
+            cost="O(n)",
+            cost_rank=1,
+            when="the baseline every comparison uses",
+        ),
+    )
+
+
+REGISTRY: dict[str, Strategy] = {s.name: s for s in _entries()}
+
+# Measured with `lsal simulate` on six datasets (docs/benchmarks.md): margin + one cluster per pick
+# has the best AULC on every dataset and beats random on >= 90% of repeats on each.
+DEFAULT_STRATEGY: str = "diversity"
+# What pool-level strategies score rows with when they must be scored one at a time (/predict,
+# stream scoring) and what the cycle prefilters their candidates by.
+PREFILTER_MEASURE: str = "margin"
+# Every name a user may give: the registry's plus "default".
+STRATEGY_NAMES: tuple[str, ...] = (*REGISTRY, "default")
+# Derived from the registry for the /predict handler until it calls selection.predict.
+NEEDS_COMMITTEE: frozenset[str] = frozenset(n for n, s in REGISTRY.items() if "committee" in s.needs)
+
+
+def resolve(name: str) -> str:
+    """Map a user-facing strategy name to a concrete one (``default`` -> :data:`DEFAULT_STRATEGY`)."""
+    return get(name).name
+
+
+def get(name: str) -> Strategy:
+    """The registry entry for ``name`` (case and surrounding spaces ignored; ``default`` resolves)."""
+    key = name.strip().lower() if isinstance(name, str) else name
+    if key == "default":
+        key = DEFAULT_STRATEGY
+    if key not in REGISTRY:
+        raise ValueError(f"unknown strategy {name!r}; valid names: {', '.join(STRATEGY_NAMES)}")
+    return REGISTRY[key]
+
+
+def pointwise_measure(name: str) -> str:
+    """The measure that scores rows one at a time for strategy ``name`` (see :attr:`Strategy.row_measure`)."""
+    return get(name).row_measure
+
+
+def check_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Validate parameters a project gives for strategy ``name`` (names, types, bounds).
+
+    Parameters the caller derives (``batch_size``, ``clusters``) are refused. Raises ValueError
+    naming the parameter and the accepted values.
+    """
+    return get(name).check_params(dict(params), settable_only=True)
+
+
+def _measure(name: str) -> Callable[..., np.ndarray]:
+    entry = REGISTRY.get(name)
+    if entry is None or entry.input == "pool":
+        raise ValueError(f"base measure must be one of {_MEASURE_NAMES}, got {name!r}")
+    return entry.function
 
 
 def informativeness(name: str, inp: ScoringInput, **params: Any) -> np.ndarray:
@@ -1022,40 +1391,22 @@ def informativeness(name: str, inp: ScoringInput, **params: Any) -> np.ndarray:
     therefore serves the picks first, in order.  ``expected_error`` and ``variance_reduction``
     band their evaluated candidates the same way.
     """
-    name = resolve(name)
-    _check_params(name, params)
-    if name == "random":
-        return random_scores(_pool_size(inp), inp.seed)
-    if name in _MEASURES:
-        aggregate = params.pop("aggregate", "mean")
-        if inp.multi_label:
-            if params:
-                raise ValueError(f"parameters {sorted(params)} are not supported for multi-label input")
-            return multi_label_informativeness(name, inp.proba, inp.committee, aggregate)
-        if name in NEEDS_COMMITTEE:
-            c = inp.committee
-            if inp.proba is not None and c is not None:
-                # Shapes only: the measure validates values block by block itself.
-                check_committee(c, n=np.asarray(inp.proba).shape[0], values=False)
-            return kl_divergence(c, **params) if name == "kl_divergence" else _MEASURES[name](c)
-        return _MEASURES[name](inp.proba)
-    if name == "density":
-        return density(inp, **params)
-    if name == "expected_error":
-        return expected_error(inp, **params)
-    if name == "variance_reduction":
-        return variance_reduction(inp, **params)
-    batch_size = _check_k(params.pop("batch_size", 100))
-    if name == "diversity":
-        base_inf = _base(inp, params.get("base", "margin"), params.get("aggregate", "mean"))
-        picks = _diversity_picks(
-            inp, min(batch_size, len(base_inf)), base_inf, params.get("prefilter", 10), params.get("clusters")
-        )
-        return _band(picks, base_inf)
-    # coreset
-    picks, dist = coreset_select(inp, batch_size, **params)
-    top = float(dist.max()) if dist.size else 0.0
-    return _band(picks, dist / top if top > 0 else dist)
+    entry = get(name)
+    params = entry.check_params(params)
+    if entry.input == "pool":
+        return entry.function(inp, **params)
+    aggregate = params.pop("aggregate", "mean")
+    if inp.multi_label:
+        if params:
+            raise ValueError(f"parameters {sorted(params)} are not supported for multi-label input")
+        return multi_label_informativeness(entry.name, inp.proba, inp.committee, aggregate)
+    if entry.input == "committee":
+        c = inp.committee
+        if inp.proba is not None and c is not None:
+            # Shapes only: the measure validates values block by block itself.
+            check_committee(c, n=np.asarray(inp.proba).shape[0], values=False)
+        return entry.function(c, **params)
+    return entry.function(inp.proba)
 
 
 def select_batch(name: str, inp: ScoringInput, k: int, **params: Any) -> np.ndarray:
@@ -1066,13 +1417,11 @@ def select_batch(name: str, inp: ScoringInput, k: int, **params: Any) -> np.ndar
     and ``coreset`` select a genuine batch (spread over clusters / k-center greedy); every other
     strategy takes the top ``k`` by informativeness, ties broken by lower index.
     """
-    name = resolve(name)
+    entry = get(name)
     k = _check_k(k)
-    _check_params(name, params)
+    params = entry.check_params(params)
     if "batch_size" in params:
         raise ValueError("select_batch takes the batch size as k, not batch_size")
-    if name == "diversity":
-        return diversity_select(inp, k, **params)
-    if name == "coreset":
-        return coreset_select(inp, k, **params)[0]
-    return priority_order(informativeness(name, inp, **params), k)
+    if entry.select is not None:
+        return entry.select(inp, k, **params)
+    return priority_order(informativeness(entry.name, inp, **params), k)

@@ -1,6 +1,6 @@
 """Scoring throughput and worker memory of the production scoring path (issue 7). Prints JSON.
 
-1. Throughput: `cycle.select_for_queue` (the cycle's stream scoring + selection) on a fitted
+1. Throughput: `selection.select` (the cycle's stream scoring + selection) on a fitted
    `Learner` over 100,000 synthetic short texts, for a single-model strategy (`margin`),
    a committee strategy (`vote_entropy`, 3 members) and the default strategy (pool-level: the top
    max(5 x depth, 2000) by margin, then its own measure), under one BLAS/OpenMP thread as
@@ -9,7 +9,7 @@
    parts (TF-IDF transform, predict_proba, committee_proba) over the same pool.
 2. Peak RSS of a process that runs the cycle's pool path over a 1,000,000-task pool
    (target <= 1 GB): `--rss-mode cycle` loads the pool cache snapshot (backend/pool.py) and builds
-   ids/inputs with `cycle.unlabeled_pool` exactly as a cycle does, then `select_for_queue`;
+   ids/inputs with `cycle.unlabeled_pool` exactly as a cycle does, then `selection.select`;
    `--rss-mode inputs` starts from the plain list of 1M strings. Every measurement runs in a fresh
    subprocess and reports VmRSS after each step and VmHWM (peak) at the end, so what dominates is
    visible.
@@ -113,7 +113,7 @@ def throughput(pool: int, runs: int, depth: int) -> dict:
     import numpy as np
 
     from backend import strategies
-    from backend.cycle import SCORE_CHUNK, select_for_queue
+    from backend.selection import SCORE_CHUNK, select
 
     t0 = time.perf_counter()
     inputs = synthetic_texts(pool, seed=1)
@@ -123,12 +123,12 @@ def throughput(pool: int, runs: int, depth: int) -> dict:
     for name in ("margin", "vote_entropy", strategies.resolve("default")):
         if name in out:
             continue
-        select_for_queue(learner, inputs[:SCORE_CHUNK], name, depth, seed=0, multi_label=False)  # warm-up
+        select(learner, inputs[:SCORE_CHUNK], name, depth, seed=0, multi_label=False)  # warm-up
         times: list[float] = []
         cpu: list[float] = []
         for r in range(runs):
             t, c = time.perf_counter(), time.process_time()
-            order, *_ = select_for_queue(learner, inputs, name, depth, seed=0, multi_label=False)
+            order = select(learner, inputs, name, depth, seed=0, multi_label=False).rows
             times.append(time.perf_counter() - t)
             cpu.append(time.process_time() - c)
             assert len(order) == depth
@@ -144,7 +144,7 @@ def throughput(pool: int, runs: int, depth: int) -> dict:
             "cpu_seconds": [round(s, 3) for s in cpu],
             "tasks_per_cpu_s_median": round(pool / statistics.median(cpu)),
         }
-    # Breakdown of one pass, chunk by chunk as select_for_queue does it (median of `runs`).
+    # Breakdown of one pass, chunk by chunk as selection.select does it (median of `runs`).
     parts: dict[str, list[float]] = {
         "transform": [],
         "predict_proba": [],
@@ -195,7 +195,8 @@ def rss_child(mode: str, n: int, model_dir: str, depth: int, strategy: str) -> d
     from types import SimpleNamespace
 
     steps: dict[str, int] = {"start_kb": status_kb("VmRSS")}
-    from backend.cycle import select_for_queue, unlabeled_pool
+    from backend.cycle import unlabeled_pool
+    from backend.selection import select
 
     spec, learner = fitted_learner()
     steps["imports_and_fit_kb"] = status_kb("VmRSS")
@@ -213,7 +214,7 @@ def rss_child(mode: str, n: int, model_dir: str, depth: int, strategy: str) -> d
     steps["pool_ready_hwm_kb"] = status_kb("VmHWM")
     pool_s = time.perf_counter() - t
     t = time.perf_counter()
-    order, *_ = select_for_queue(learner, inputs, strategy, depth, seed=0, multi_label=False)
+    select(learner, inputs, strategy, depth, seed=0, multi_label=False)
     score_s = time.perf_counter() - t
     steps["after_score_kb"] = status_kb("VmRSS")
     import resource

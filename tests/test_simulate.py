@@ -1,4 +1,4 @@
-"""lsal simulate: the oracle simulation on tiny data (the production learner and select_for_queue).
+"""lsal simulate: the oracle simulation on tiny data (the production learner and selection.select).
 
 Tabular data: 200 rows of scikit-learn's bundled breast cancer set (Wolberg, Street & Mangasarian,
 UCI Breast Cancer Wisconsin (Diagnostic), 1995), first 6 feature columns.
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from backend import cli, cycle, simulate, strategies
+from backend import cli, selection, simulate, strategies
 from backend.simulate import SimulationConfig, SimulationError, aulc, labels_to_reach, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,16 +185,16 @@ def test_files_written(doc: dict[str, Any], tabular_csv: Path, tmp_path: Path) -
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_picks_come_from_select_for_queue(tabular_csv: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_picks_come_from_selection_select(tabular_csv: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[str, int, int, bool]] = []
-    real = cycle.select_for_queue
+    real = selection.select
 
     def spy(learner: Any, inputs: Any, name: str, depth: int, **kw: Any) -> Any:
         res = real(learner, inputs, name, depth, **kw)
         calls.append((name, depth, len(inputs), kw["multi_label"]))
         return res
 
-    monkeypatch.setattr(cycle, "select_for_queue", spy)
+    monkeypatch.setattr(selection, "select", spy)
     res = simulate.simulate(
         cfg(tabular_csv, strategies=["entropy"], repeats=1, batch=15, budget=35), progress=io.StringIO()
     )

@@ -77,7 +77,7 @@ def test_names_and_resolve() -> None:
     assert S.DEFAULT_STRATEGY in S.STRATEGY_NAMES and S.DEFAULT_STRATEGY != "default"
     assert S.resolve("default") == S.DEFAULT_STRATEGY
     assert S.resolve("Entropy ") == "entropy"
-    assert frozenset(COMMITTEE) == S.NEEDS_COMMITTEE
+    assert frozenset(COMMITTEE) == {n for n, e in S.REGISTRY.items() if "committee" in e.needs}
     with pytest.raises(ValueError, match="unknown strategy 'bald'.*least_confidence.*default"):
         S.resolve("bald")
 

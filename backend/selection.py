@@ -1,0 +1,322 @@
+"""Scoring and selection: from a fitted learner and model inputs to the predictions lsal writes.
+
+One sequence, used by the cycle (:func:`select`), ``/predict`` and stream scoring (:func:`predict`),
+the cold start (:func:`seed_order`) and ``lsal simulate`` (:func:`select`):
+
+    inputs -> features (``learner.transform``) -> probabilities (once) -> committee, only if the
+    strategy needs one -> informativeness (``strategies``) -> the slice to write (top-k, or a
+    batch over clusters) -> :class:`Prediction` records.
+
+Which inputs a strategy reads, whether it scores rows one at a time and which parameters the
+caller fills in all come from the registry (``strategies.REGISTRY``); nothing here tests a
+strategy's name.  A prediction's JSON is built in one place, :meth:`Prediction.to_json`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from backend import strategies
+from backend.labelconfig import TaskSpec, choices_result
+from backend.learner import Learner
+
+log = logging.getLogger("lsal.selection")
+
+Progress = Callable[[str, int, int], None]
+
+# Pool rows transformed and scored at once: bounds the memory of a pass whatever the pool size.
+SCORE_CHUNK = 20_000
+# Cluster ids written to Label Studio per cycle (k-means cost grows with it).
+MAX_CLUSTERS = 50
+# Pool-level strategies run on the CANDIDATES_PER_PICK x depth (at least MIN_CANDIDATES) rows
+# ranked highest by the prefilter measure, which bounds their cost whatever the pool size.
+CANDIDATES_PER_PICK = 5
+MIN_CANDIDATES = 2000
+
+
+def _no_progress(stage: str, done: int = 0, total: int = 0) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One prediction as lsal writes it to Label Studio (or answers it in ``/predict``).
+
+    ``score`` is ``1 - informativeness`` (Label Studio's uncertainty sampling serves the lowest
+    first); ``cluster`` is the diversity group (None: not written); ``task`` is None in a
+    ``/predict`` answer, which is positional.
+    """
+
+    task: int | None
+    result: list[dict[str, Any]]
+    score: float
+    model_version: str
+    cluster: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object: Label Studio's prediction import format, or a ``/predict`` entry without
+        ``task``. Fields that are None are left out."""
+        out: dict[str, Any] = {}
+        if self.task is not None:
+            out["task"] = self.task
+        out["result"] = self.result
+        out["score"] = self.score
+        if self.cluster is not None:
+            out["cluster"] = self.cluster
+        out["model_version"] = self.model_version
+        return out
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The slice of a pool to write, in priority order.
+
+    ``rows`` are pool positions; ``scores`` the values to write (``1 - informativeness``, or the
+    rank for a seed order); ``labels`` the model's predicted labels per row (None in cold start: no
+    model, empty results); ``mean_informativeness`` the pool's mean by the row measure.
+    """
+
+    rows: np.ndarray
+    informativeness: np.ndarray
+    scores: np.ndarray
+    clusters: np.ndarray
+    labels: list[list[str]] | None
+    mean_informativeness: float | None
+
+    def predictions(self, spec: TaskSpec, task_ids: Sequence[int], version: str) -> list[Prediction]:
+        """One :class:`Prediction` per selected row; ``task_ids[row]`` is the row's task id."""
+        return [
+            Prediction(
+                task=int(task_ids[int(row)]),
+                result=choices_result(spec, self.labels[j]) if self.labels is not None else [],
+                score=float(self.scores[j]),
+                model_version=version,
+                cluster=int(self.clusters[j]),
+            )
+            for j, row in enumerate(self.rows)
+        ]
+
+
+def score_features(
+    learner: Learner,
+    X: Any,
+    name: str,
+    *,
+    multi_label: bool,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(proba, informativeness)`` of the rows of ``X`` by the pointwise measure ``name``.
+
+    Probabilities are computed once; the committee only when the measure reads one.
+    """
+    entry = strategies.get(name)
+    if not entry.pointwise:
+        raise ValueError(f"strategy {entry.name!r} needs the whole pool; score rows with {entry.row_measure!r}")
+    proba = learner.predict_proba(X)
+    inp = strategies.ScoringInput(
+        proba=proba,
+        committee=learner.committee_proba(X) if "committee" in entry.requires() else None,
+        multi_label=multi_label,
+        seed=seed,
+    )
+    return proba, strategies.informativeness(entry.name, inp)
+
+
+def predict(
+    learner: Learner,
+    spec: TaskSpec,
+    inputs: Sequence[Any],
+    strategy: str,
+    version: str,
+    *,
+    task_ids: Sequence[int] | None = None,
+    seed: int = 0,
+) -> list[Prediction]:
+    """A prediction per input, in order, scored one row at a time (``/predict``, stream scoring).
+
+    Pool-level strategies need the whole pool, so rows get their row measure
+    (:attr:`strategies.Strategy.row_measure`, margin).  No cluster is written: it only means
+    something within one clustered slice.
+    """
+    measure = strategies.pointwise_measure(strategy)
+    X = learner.transform(inputs)
+    proba, info = score_features(learner, X, measure, multi_label=spec.multi_label, seed=seed)
+    labels = learner.predict_labels(proba)
+    return [
+        Prediction(
+            task=None if task_ids is None else int(task_ids[i]),
+            result=choices_result(spec, labels[i]),
+            score=float(1.0 - info[i]),
+            model_version=version,
+        )
+        for i in range(len(labels))
+    ]
+
+
+def _vstack(parts: list[Any]) -> Any:
+    if any(sp.issparse(p) for p in parts):
+        return sp.vstack(parts, format="csr")
+    return np.vstack(parts)
+
+
+def _labeled(
+    learner: Learner, labeled_inputs: Sequence[Any], labeled_y: Sequence[Any]
+) -> tuple[Any | None, np.ndarray | None]:
+    """Features and class codes of the labeled rows whose label the model knows."""
+    # Codes by position in classes_: sorted codes are then exactly proba's column order.
+    index = {label: i for i, label in enumerate(learner.classes_)}
+    known = [i for i, y in enumerate(labeled_y) if y in index]
+    features = learner.transform([labeled_inputs[i] for i in known])
+    return features, np.array([index[labeled_y[i]] for i in known], dtype=np.int64)
+
+
+def select(
+    learner: Learner,
+    inputs: Sequence[Any],
+    strategy: str,
+    depth: int,
+    *,
+    seed: int,
+    multi_label: bool,
+    labeled_inputs: Sequence[Any] | None = None,
+    labeled_y: Sequence[Any] | None = None,
+    progress: Progress = _no_progress,
+) -> Selection:
+    """Score the pool chunk by chunk and pick the ``depth`` rows to put in front of the queue.
+
+    Pointwise strategies keep a running top-``depth``, so memory does not grow with the pool.
+    Pool-level strategies run on the top ``max(CANDIDATES_PER_PICK x depth, MIN_CANDIDATES)``
+    candidates by the prefilter measure (margin); they get the labeled rows (``labeled_inputs``,
+    ``labeled_y``) when their registry entry reads them.  Every candidate is clustered (one
+    cluster per pick, at most :data:`MAX_CLUSTERS`) and batch strategies spread their picks over
+    those clusters, so the picks agree with the ``cluster`` field Label Studio sees.
+    """
+    entry = strategies.get(strategy)
+    if multi_label and not entry.multi_label:
+        log.info("%s is single-label only; using %s for this multi-label project", entry.name, entry.row_measure)
+        entry = strategies.get(strategies.PREFILTER_MEASURE)
+    n = len(inputs)
+    keep = depth if entry.pointwise else min(n, max(CANDIDATES_PER_PICK * depth, MIN_CANDIDATES))
+    # Candidates so far, in pool order: positions, informativeness, features, probabilities.
+    cand_rows = np.zeros(0, dtype=np.int64)
+    cand_info = np.zeros(0)
+    cand_X: Any = None
+    cand_proba: np.ndarray | None = None
+    total_info = 0.0
+    for start in range(0, n, SCORE_CHUNK):
+        X = learner.transform(inputs[start : start + SCORE_CHUNK])
+        proba, info = score_features(learner, X, entry.row_measure, multi_label=multi_label, seed=seed + start)
+        total_info += float(info.sum())
+        top = np.sort(strategies.priority_order(info, keep))
+        rows = np.r_[cand_rows, start + top]
+        infos = np.r_[cand_info, info[top]]
+        X_all = X[top] if cand_X is None else _vstack([cand_X, X[top]])
+        proba_all = proba[top] if cand_proba is None else np.vstack([cand_proba, proba[top]])
+        # Rows are in pool order, so priority_order's ties go to the lower pool position.
+        best = np.sort(strategies.priority_order(infos, keep))
+        cand_rows, cand_info, cand_X, cand_proba = rows[best], infos[best], X_all[best], proba_all[best]
+        progress("score", min(start + SCORE_CHUNK, n), n)
+    if cand_X is None or cand_proba is None:  # empty pool
+        empty = np.zeros(0, dtype=np.int64)
+        return Selection(empty, np.zeros(0), np.zeros(0), empty, [], 0.0)
+    ranked = strategies.priority_order(cand_info, None)
+    chosen, X, proba = cand_rows[ranked], cand_X[ranked], cand_proba[ranked]
+    # One cluster per pick (cluster-margin, Citovsky et al. 2021), at most MAX_CLUSTERS: a batch then
+    # takes the most uncertain task of each region, and Label Studio's cluster rule serves them in
+    # that spread. Measured against sqrt(depth) + 1 clusters in docs/benchmarks.md.
+    n_clusters = max(1, min(len(chosen), depth, MAX_CLUSTERS))
+    clusters = strategies.cluster_ids(X, n_clusters, seed=seed)
+    if entry.pointwise:
+        info = cand_info[ranked]
+    else:
+        labeled_X = labeled_codes = None
+        has_labeled = labeled_inputs is not None and labeled_y is not None and len(labeled_inputs) > 0
+        if "labeled" in entry.requires() and has_labeled and not multi_label:
+            assert labeled_inputs is not None and labeled_y is not None
+            labeled_X, labeled_codes = _labeled(learner, labeled_inputs, labeled_y)
+        inp = strategies.ScoringInput(
+            proba=proba,
+            committee=learner.committee_proba(X) if "committee" in entry.requires() else None,
+            features=X,
+            labeled_features=labeled_X,
+            labeled_y=labeled_codes,
+            multi_label=multi_label,
+            seed=seed,
+            make_estimator=learner.make_estimator,
+        )
+        params: dict[str, Any] = {}
+        if entry.param("batch_size") is not None:
+            params["batch_size"] = min(depth, len(chosen))
+        if entry.param("clusters") is not None:
+            params["clusters"] = clusters  # picks agree with the cluster field Label Studio sees
+        info = strategies.informativeness(entry.name, inp, **params)
+    local = strategies.priority_order(info, depth)
+    return Selection(
+        rows=chosen[local],
+        informativeness=info[local],
+        scores=1.0 - info[local],
+        clusters=clusters[local],
+        labels=learner.predict_labels(proba[local]),
+        mean_informativeness=total_info / n if n else 0.0,
+    )
+
+
+def seed_order(spec: TaskSpec, inputs: Sequence[Any], depth: int, seed: int) -> Selection:
+    """Cold start (no model yet): ``depth`` rows round-robin over k-means clusters of label-free
+    features, the most typical row of each cluster first, so the first labels cover the data.
+
+    ``2 x labels + 8`` clusters (at most :data:`MAX_CLUSTERS`); the written score is the rank over
+    ``depth`` (the queue serves the lowest first); there are no labels to suggest.
+    """
+    n = len(inputs)
+    depth = min(depth, n)
+    if n == 0 or depth <= 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return Selection(empty, np.zeros(0), np.zeros(0), empty, None, None)
+    X = label_free_features(spec, inputs, seed)
+    n_clusters = max(1, min(n, 2 * len(spec.labels) + 8, MAX_CLUSTERS))
+    clusters = strategies.cluster_ids(X, n_clusters, seed=seed)
+    typical = _centrality(X, clusters)
+    order = strategies.round_robin(typical, clusters, depth)
+    return Selection(
+        rows=order,
+        informativeness=typical[order],
+        scores=np.array([round(rank / depth, 6) for rank in range(len(order))], dtype=np.float64),
+        clusters=clusters[order],
+        labels=None,
+        mean_informativeness=None,
+    )
+
+
+def _centrality(X: Any, clusters: np.ndarray) -> np.ndarray:
+    """1 / (1 + distance to the row's cluster mean): typical rows of a cluster come first.
+
+    Sparse input stays sparse: ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2, one dense centre at a time
+    (densifying a 100k-task TF-IDF pool would need ~37 GB).
+    """
+    out = np.zeros(len(clusters))
+    sparse = hasattr(X, "toarray")
+    for c in np.unique(clusters):
+        rows = np.flatnonzero(clusters == c)
+        part = X[rows] if sparse else np.asarray(X)[rows]
+        centre = np.asarray(part.mean(axis=0), dtype=np.float64).ravel()
+        if sparse:
+            sq = np.asarray(part.multiply(part).sum(axis=1), dtype=np.float64).ravel()
+            d2 = sq - 2.0 * np.asarray(part @ centre, dtype=np.float64).ravel() + float(centre @ centre)
+            dist = np.sqrt(np.maximum(d2, 0.0))
+        else:
+            dist = np.linalg.norm(part - centre, axis=1)
+        out[rows] = 1.0 / (1.0 + dist)
+    return out
+
+
+def label_free_features(spec: TaskSpec, inputs: Sequence[Any], seed: int) -> Any:
+    """Features that need no labels, for cold-start clustering: the learner's own featurizer
+    (TF-IDF for text; median-imputed, standardized numbers for tables), fitted on the pool."""
+    return Learner(spec, seed=seed).fit_features(inputs)

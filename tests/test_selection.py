@@ -1,0 +1,244 @@
+"""Tests for backend.selection: the one scoring sequence (cycle, /predict, stream scoring, simulate).
+
+Data: the SMS Spam Collection (Almeida, Gómez Hidalgo & Yamakami, ACM DOCENG'11; UCI, CC BY 4.0).
+"""
+
+from __future__ import annotations
+
+import csv
+from typing import Any
+
+import numpy as np
+import pytest
+
+from backend import selection, strategies
+from backend.labelconfig import parse_label_config
+from backend.learner import Learner
+from backend.selection import Prediction
+from tests.conftest import DATASETS, REPO
+
+SPEC = parse_label_config((REPO / "label_config" / "spam.xml").read_text())
+MULTI = parse_label_config((REPO / "label_config" / "multilabel.xml").read_text())
+
+
+@pytest.fixture(scope="module")
+def sms() -> tuple[list[str], list[str]]:
+    with open(DATASETS / "sms_spam" / "sms_spam.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))[:1500]
+    return [r["text"] for r in rows], ["spam" if r["label"] == "spam" else "no_spam" for r in rows]
+
+
+@pytest.fixture(scope="module")
+def learner(sms: tuple[list[str], list[str]]) -> Learner:
+    texts, y = sms
+    return Learner(SPEC, seed=0).fit(texts[:100], y[:100])
+
+
+class CountingLearner:
+    """The real learner, counting the calls that cost (probabilities, committee)."""
+
+    def __init__(self, learner: Learner) -> None:
+        self.learner = learner
+        self.calls: dict[str, int] = {"predict_proba": 0, "committee_proba": 0, "transform": 0}
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.learner, name)
+        if name in self.calls:
+
+            def counted(*args: Any, **kw: Any) -> Any:
+                self.calls[name] += 1
+                return attr(*args, **kw)
+
+            return counted
+        return attr
+
+
+# -- the prediction record ---------------------------------------------------------------------
+
+
+def test_prediction_json_is_label_studios_import_format() -> None:
+    result = [{"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": ["spam"]}}]
+    p = Prediction(task=7, result=result, score=0.25, model_version="v1", cluster=3)
+    assert p.to_json() == {"task": 7, "result": result, "score": 0.25, "cluster": 3, "model_version": "v1"}
+    assert list(p.to_json()) == ["task", "result", "score", "cluster", "model_version"]
+    # /predict answers positionally (no task) and stream scoring writes no cluster.
+    assert Prediction(None, [], 0.5, "v2").to_json() == {"result": [], "score": 0.5, "model_version": "v2"}
+
+
+def test_selection_predictions_map_rows_to_task_ids() -> None:
+    sel = selection.Selection(
+        rows=np.array([2, 0]),
+        informativeness=np.array([0.9, 0.4]),
+        scores=np.array([0.1, 0.6]),
+        clusters=np.array([1, 0]),
+        labels=[["spam"], ["no_spam"]],
+        mean_informativeness=0.5,
+    )
+    preds = sel.predictions(SPEC, [10, 11, 12], "v3")
+    assert [p.to_json() for p in preds] == [
+        {
+            "task": 12,
+            "result": [{"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": ["spam"]}}],
+            "score": 0.1,
+            "cluster": 1,
+            "model_version": "v3",
+        },
+        {
+            "task": 10,
+            "result": [{"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": ["no_spam"]}}],
+            "score": 0.6,
+            "cluster": 0,
+            "model_version": "v3",
+        },
+    ]
+
+
+# -- predict: /predict and stream scoring ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("strategy", "measure"), [("entropy", "entropy"), ("diversity", "margin")])
+def test_predict_scores_each_row_with_the_row_measure(
+    learner: Learner, sms: tuple[list[str], list[str]], strategy: str, measure: str
+) -> None:
+    pool = sms[0][100:140]
+    preds = selection.predict(learner, SPEC, pool, strategy, "v9", task_ids=list(range(500, 540)), seed=0)
+    proba = learner.predict_proba(learner.transform(pool))
+    info = strategies.informativeness(measure, strategies.ScoringInput(proba=proba))
+    labels = learner.predict_labels(proba)
+    assert [p.task for p in preds] == list(range(500, 540))
+    assert [p.score for p in preds] == [float(1.0 - v) for v in info]
+    assert [p.result[0]["value"]["choices"] for p in preds] == labels
+    assert {p.model_version for p in preds} == {"v9"} and {p.cluster for p in preds} == {None}
+
+
+def test_committee_is_computed_only_when_the_strategy_reads_one(
+    learner: Learner, sms: tuple[list[str], list[str]]
+) -> None:
+    pool = sms[0][100:400]
+    for name, committee_calls in (("margin", 0), ("diversity", 0), ("vote_entropy", 1)):
+        spy = CountingLearner(learner)
+        selection.select(spy, pool, name, 10, seed=0, multi_label=False)  # type: ignore[arg-type]
+        # One chunk: probabilities once, committee once if needed, never recomputed for the slice.
+        assert spy.calls == {"predict_proba": 1, "committee_proba": committee_calls, "transform": 1}, name
+    spy = CountingLearner(learner)
+    selection.predict(spy, SPEC, pool[:5], "kl_divergence", "v")  # type: ignore[arg-type]
+    assert spy.calls == {"predict_proba": 1, "committee_proba": 1, "transform": 1}
+
+
+# -- select: the cycle's queue slice and simulate's batch --------------------------------------
+
+
+@pytest.mark.parametrize("name", ["margin", "entropy", "vote_entropy", "random", "diversity"])
+def test_chunked_scoring_equals_one_shot(
+    learner: Learner, sms: tuple[list[str], list[str]], monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    pool = sms[0][100:]
+    whole = selection.select(learner, pool, name, 50, seed=0, multi_label=False)
+    monkeypatch.setattr(selection, "SCORE_CHUNK", 97)  # many uneven chunks
+    chunked = selection.select(learner, pool, name, 50, seed=0, multi_label=False)
+    if name == "random":
+        assert len(set(chunked.rows.tolist())) == 50  # random draws differ per chunk, but stay distinct
+        return
+    assert chunked.rows.tolist() == whole.rows.tolist()
+    np.testing.assert_allclose(chunked.informativeness, whole.informativeness)
+    assert chunked.mean_informativeness == pytest.approx(whole.mean_informativeness)
+
+
+def test_pointwise_selection_is_the_top_of_the_measure(learner: Learner, sms: tuple[list[str], list[str]]) -> None:
+    pool = sms[0][100:600]
+    sel = selection.select(learner, pool, "margin", 25, seed=0, multi_label=False)
+    full = strategies.informativeness(
+        "margin", strategies.ScoringInput(proba=learner.predict_proba(learner.transform(pool)))
+    )
+    assert sel.rows.tolist() == strategies.priority_order(full, 25).tolist()
+    np.testing.assert_allclose(sel.informativeness, full[sel.rows])
+    np.testing.assert_array_equal(sel.scores, 1.0 - sel.informativeness)
+    assert sel.mean_informativeness == pytest.approx(float(full.mean()))
+    assert list(np.diff(sel.informativeness) <= 1e-12) == [True] * 24  # most informative first
+    assert sel.labels is not None and len(sel.labels) == 25
+    assert all(lab[0] in ("spam", "no_spam") for lab in sel.labels)
+    assert sel.clusters.shape == (25,)
+
+
+@pytest.mark.parametrize(("depth", "expected"), [(12, 12), (80, selection.MAX_CLUSTERS)])
+def test_diversity_takes_one_cluster_per_pick_up_to_the_cap(
+    learner: Learner, sms: tuple[list[str], list[str]], depth: int, expected: int
+) -> None:
+    """Cluster-margin: as many clusters as picks (at most MAX_CLUSTERS), each pick from its own cluster."""
+    pool = sms[0][100:1100]
+    sel = selection.select(learner, pool, "diversity", depth, seed=0, multi_label=False)
+    assert len(sel.rows) == depth
+    first_round = sel.clusters[:expected]
+    assert len(set(first_round.tolist())) == expected  # the first `expected` picks: one per cluster
+    assert len(set(sel.clusters.tolist())) == expected
+
+
+@pytest.mark.parametrize("name", [n for n, e in strategies.REGISTRY.items() if not e.pointwise])
+def test_pool_level_strategies_pick_distinct_tasks(
+    learner: Learner, sms: tuple[list[str], list[str]], name: str
+) -> None:
+    texts, y = sms
+    sel = selection.select(
+        learner, texts[100:900], name, 20, seed=0, multi_label=False, labeled_inputs=texts[:100], labeled_y=y[:100]
+    )
+    assert len(sel.rows) == 20 and len(set(sel.rows.tolist())) == 20
+    assert all(0 <= i < 800 for i in sel.rows)
+    assert ((sel.informativeness >= 0.0) & (sel.informativeness <= 1.0)).all()
+    assert list(np.diff(sel.informativeness) <= 1e-12) == [True] * 19
+
+
+def test_single_label_strategy_on_multi_label_falls_back_to_the_row_measure() -> None:
+    texts = [f"word{i % 7} other{i % 3} text" for i in range(60)]
+    labels = [[MULTI.labels[i % 3]] + ([MULTI.labels[3]] if i % 2 else []) for i in range(60)]
+    learner = Learner(MULTI, seed=0).fit(texts[:30], labels[:30])
+    got = selection.select(learner, texts[30:], "expected_error", 5, seed=0, multi_label=True)
+    want = selection.select(learner, texts[30:], "margin", 5, seed=0, multi_label=True)
+    assert got.rows.tolist() == want.rows.tolist()
+
+
+def test_empty_pool_selects_nothing(learner: Learner) -> None:
+    sel = selection.select(learner, [], "margin", 5, seed=0, multi_label=False)
+    assert sel.rows.tolist() == [] and sel.predictions(SPEC, [], "v") == []
+
+
+# -- cold start --------------------------------------------------------------------------------
+
+
+def test_seed_order_goes_round_robin_over_clusters() -> None:
+    # Two topics, each in one contiguous block: taking rows in pool order would give ten invoices.
+    texts = [f"invoice payment overdue {i}" for i in range(30)] + [f"football match tonight {i}" for i in range(30)]
+    sel = selection.seed_order(SPEC, texts, 10, seed=0)
+    topics = ["invoice" if i < 30 else "football" for i in sel.rows]
+    assert topics[0] != topics[1]
+    assert [topics[i] == topics[i % 2] for i in range(10)] == [True] * 10  # strictly alternating
+    # Every non-empty cluster once per round (duplicate rows leave some of the 12 k-means clusters empty).
+    rounds = len(set(sel.clusters.tolist()))
+    assert [int(c) for c in sel.clusters] == [int(sel.clusters[i % rounds]) for i in range(10)]
+    assert sel.scores.tolist() == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    assert sel.labels is None
+    preds = sel.predictions(SPEC, list(range(100, 160)), "seed-x")
+    assert preds[0].to_json() == {
+        "task": 100 + int(sel.rows[0]),
+        "result": [],
+        "score": 0.0,
+        "cluster": int(sel.clusters[0]),
+        "model_version": "seed-x",
+    }
+
+
+def test_seed_order_takes_the_most_typical_row_of_each_cluster_first(sms: tuple[list[str], list[str]]) -> None:
+    texts = sms[0][:300]
+    sel = selection.seed_order(SPEC, texts, len(texts), seed=0)
+    X = selection.label_free_features(SPEC, texts, seed=0).toarray()
+    for c in set(sel.clusters.tolist()):
+        members = sel.rows[sel.clusters == c]  # in the order they are served
+        dist = np.linalg.norm(X[members] - X[members].mean(axis=0), axis=1)
+        assert (np.diff(dist) >= -1e-9).all(), c  # nearest to the cluster mean first
+    assert sorted(sel.rows.tolist()) == list(range(300))
+
+
+def test_seed_order_depth_is_capped_by_the_pool() -> None:
+    sel = selection.seed_order(SPEC, ["a b", "c d", "e f"], 10, seed=0)
+    assert sorted(sel.rows.tolist()) == [0, 1, 2]
+    assert sel.scores.tolist() == [0.0, round(1 / 3, 6), round(2 / 3, 6)]
+    assert selection.seed_order(SPEC, [], 10, seed=0).rows.tolist() == []
