@@ -50,6 +50,8 @@ def _no_progress(stage: str, done: int = 0, total: int = 0) -> None:
 
 @dataclass
 class CycleDeps:
+    """What a cycle talks to: settings, the Label Studio client, the model store, a progress callback."""
+
     settings: Settings
     client: LabelStudioClient
     store: ModelStore
@@ -58,6 +60,8 @@ class CycleDeps:
 
 @dataclass
 class CycleReport:
+    """What one cycle did (the job's result, the cycle log, metrics): status, version, counts, timings."""
+
     project: int
     status: str = "started"  # started -> trained | cold_start | no_pool | partial_write
     version: str | None = None
@@ -75,6 +79,7 @@ class CycleReport:
     finished_at: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        """The report as a JSON-ready dict."""
         return dict(self.__dict__)
 
 
@@ -159,6 +164,11 @@ def cross_validate(spec: TaskSpec, ts: TrainingSet, seed: int, folds: int = 5) -
 
 
 def run_cycle(deps: CycleDeps, project: int) -> CycleReport:
+    """One active-learning cycle for ``project`` (the worker's job; stages in the module docstring).
+
+    Below the cold-start threshold the pool gets a seed order instead of a model. The queue is
+    switched to the new version only after every prediction was written (else ``partial_write``).
+    """
     report = CycleReport(project=project)
     settings, client, progress = deps.settings, deps.client, deps.progress
     with _stage(report, progress, "setup"):
@@ -245,7 +255,7 @@ def unlabeled_pool(
     """Ids and model inputs of the tasks still to label, from the pool cache (read in full when due)."""
     cache = PoolCache(deps.settings.model_dir, project)
     snap = cache.load()
-    if cache.needs_full_read(snap, label_config, deps.settings.pool_reconcile):
+    if snap is None or cache.needs_full_read(snap, label_config, deps.settings.pool_reconcile):
         fresh = PoolSnapshot(
             data={int(t["id"]): t.get("data") or {} for t in deps.client.iter_tasks(project, include=("id", "data"))},
             synced_at=time.time(),

@@ -304,7 +304,7 @@ def _centrality(X: Any, clusters: np.ndarray) -> np.ndarray:
     sparse = hasattr(X, "toarray")
     for c in np.unique(clusters):
         rows = np.flatnonzero(clusters == c)
-        part = X[rows] if sparse else np.asarray(X)[rows]
+        part: Any = X[rows] if sparse else np.asarray(X)[rows]
         centre = np.asarray(part.mean(axis=0), dtype=np.float64).ravel()
         if sparse:
             sq = np.asarray(part.multiply(part).sum(axis=1), dtype=np.float64).ravel()

@@ -92,6 +92,8 @@ class SimulationError(ValueError):
 
 @dataclass
 class Dataset:
+    """A labeled file as model inputs and labels, with the TaskSpec they were read for."""
+
     spec: TaskSpec
     inputs: list[Any]
     y: list[str]
@@ -348,6 +350,7 @@ def run_one(plan: Plan, name: str, repeat: int, tick: Callable[[], None] | None 
 
 
 def steps_per_run(initial: int, batch: int, budget: int) -> int:
+    """Learning-curve points of one run: the initial fit plus one per batch up to the budget."""
     return 1 + math.ceil((budget - initial) / batch)
 
 
@@ -399,6 +402,7 @@ def labels_to_reach(n_labels: Sequence[int], scores: Sequence[float], target: fl
 
 
 def summarize(runs: Mapping[str, Sequence[Mapping[str, Any]]], full_pool: Mapping[str, float]) -> dict[str, Any]:
+    """Per strategy and metric: AULC, labels to 95% / 99% of the full pool, ratios to random (SCHEMA_DOC)."""
     summary: dict[str, Any] = {}
     for name, reps in runs.items():
         per: dict[str, Any] = {}
@@ -444,6 +448,8 @@ def summarize(runs: Mapping[str, Sequence[Mapping[str, Any]]], full_pool: Mappin
 
 @dataclass
 class SimulationConfig:
+    """Everything ``lsal simulate`` was asked to do (the command line, or a benchmark's settings)."""
+
     data: str
     label_column: str
     strategies: list[str]
@@ -509,6 +515,7 @@ class ProgressBar:
         self._last = 0.0
 
     def update(self, n: int = 1, force: bool = False) -> None:
+        """Count ``n`` finished steps and redraw (at most every 0.2 s unless ``force``)."""
         self.done += n
         now = time.monotonic()
         if not force and now - self._last < 0.2 and self.done < self.total:
@@ -525,6 +532,7 @@ class ProgressBar:
         self.stream.flush()
 
     def close(self) -> None:
+        """Draw the final state and end the line."""
         self.update(0, force=True)
         self.stream.write("\n")
         self.stream.flush()
@@ -720,6 +728,7 @@ def _learner_param(value: str) -> tuple[str, Any]:
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """Register the ``simulate`` subcommand on the ``lsal`` argument parser."""
     p = sub.add_parser(
         "simulate",
         help="oracle simulation: strategies vs random on a labeled file (curves.json + curves.png)",
@@ -766,6 +775,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> SimulationConfig:
+    """The SimulationConfig of parsed command-line arguments."""
     return SimulationConfig(
         data=args.data,
         label_column=args.label_column,
@@ -803,6 +813,7 @@ def format_table(doc: Mapping[str, Any], metric: str) -> str:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    """``lsal simulate``: run, print the summary tables, return the exit code (2 on bad input)."""
     try:
         if args.quiet:
             with open(os.devnull, "w") as sink:

@@ -71,7 +71,8 @@ def _as_float(a: Any, what: str) -> np.ndarray:
     return arr.astype(np.float64)
 
 
-def _first_bad_row(bad: np.ndarray) -> int:
+def _first_bad_row(bad: Any) -> int:
+    """Index of the first True in a boolean row mask."""
     return int(np.flatnonzero(bad)[0])
 
 
@@ -471,7 +472,8 @@ def _check_features(x: Any, n: int | None, what: str = "features") -> Features:
 
 def _row_norms_sq(x: Features) -> np.ndarray:
     if sp.issparse(x):
-        return np.asarray(x.multiply(x).sum(axis=1)).ravel()
+        csr: Any = x
+        return np.asarray(csr.multiply(csr).sum(axis=1)).ravel()
     return np.einsum("ij,ij->i", x, x)
 
 
@@ -488,7 +490,10 @@ def _rows(x: Features, idx: np.ndarray) -> Features:
 
 
 def _dense(x: Features) -> np.ndarray:
-    return x.toarray() if sp.issparse(x) else np.asarray(x)
+    if sp.issparse(x):
+        csr: Any = x
+        return np.asarray(csr.toarray())
+    return np.asarray(x)
 
 
 def _sq_dist_to(x: Features, x_sq: np.ndarray, centers: np.ndarray) -> np.ndarray:
