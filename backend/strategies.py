@@ -1038,7 +1038,7 @@ class Param:
 def _num(v: float | None) -> str:
     if v is None:
         return "∞"
-    return f"{v:,}" if float(v).is_integer() else str(v)
+    return f"{int(v):,}" if float(v).is_integer() else str(v)
 
 
 @dataclass(frozen=True)
@@ -1202,7 +1202,7 @@ def _entries() -> tuple[Strategy, ...]:
             formula='max_c KL(P_c ‖ P_mean) (modAL\'s max disagreement); `reduce="mean"`: mean KL',
             normalization="max: / log m (KL from a mean that includes the member is at most log m); "
             "mean: / log min(k, m)",
-            reference="Settles §3.2, Eq. 5 (McCallum & Nigam 1998)",
+            reference="Settles §3.2, Eq. 5; McCallum & Nigam 1998",
             cost="O(mnk) logs, ~80 ms",
             cost_rank=1,
             when="committee; finds rows where one member strongly dissents",
@@ -1221,7 +1221,7 @@ def _entries() -> tuple[Strategy, ...]:
             formula="φ(x) · (mean_u sim(x, u))^β (information density); sim = exp(-γ(1 - cos)) on "
             "L2-normalized features",
             normalization="both factors are already in [0, 1]",
-            reference="Settles §5.1, Eq. 15 (Settles & Craven 2008)",
+            reference="Settles §5.1, Eq. 15; Settles & Craven 2008",
             cost="O(n · n_ref · d), n_ref = 256 sampled reference rows (Monte Carlo, standard error ≤ 0.5/√n_ref)",
             cost_rank=2,
             when="uncertain *and* typical rows; avoids outliers",
@@ -1253,7 +1253,13 @@ def _entries() -> tuple[Strategy, ...]:
             params=(
                 _base_param("margin"),
                 Param("prefilter", 10, int, "candidates per pick for k-means", 1, 1000),
-                Param("clusters", None, np.ndarray, "a cluster id per row (the cycle passes its own)", settable=False),
+                Param(
+                    "clusters",
+                    None,
+                    np.ndarray,
+                    "a cluster id per row (the cycle passes the clusters it writes)",
+                    settable=False,
+                ),
                 _aggregate(),
                 _batch_size(),
             ),
@@ -1430,3 +1436,34 @@ def select_batch(name: str, inp: ScoringInput, k: int, **params: Any) -> np.ndar
     if entry.select is not None:
         return entry.select(inp, k, **params)
     return priority_order(informativeness(entry.name, inp, **params), k)
+
+
+# --------------------------------------------------------------------------------------------------
+# documentation: docs/strategies.md's tables are generated from the registry (a test keeps them equal)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def markdown_tables() -> str:
+    """The strategy table and the parameter table of docs/strategies.md, rendered from REGISTRY."""
+    rows = [
+        "| name | inputs besides `proba` | selection | formula (informativeness) | normalization | cost | when to use"
+        " |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s in REGISTRY.values():
+        reads = ", ".join(i if i in s.needs else f"{i} (if given)" for i in INPUTS if i in s.uses) or "—"
+        formula = s.formula if s.reference == "—" else f"{s.formula} ({s.reference})"
+        rows.append(
+            f"| `{s.name}` | {reads} | {s.selection} | {_cell(formula)} | {_cell(s.normalization)} | "
+            f"{_cell(s.cost)} | {_cell(s.when)}{'' if s.multi_label else ' (single-label only)'} |"
+        )
+    rows += ["", "| strategy | parameter | default | accepted | meaning |", "|---|---|---|---|---|"]
+    for s in REGISTRY.values():
+        for p in s.params:
+            default = "—" if p.default is None else f"`{p.default}`"
+            who = "" if p.settable else " (set by the caller, not by a project)"
+            rows.append(f"| `{s.name}` | `{p.name}` | {default} | {p.bounds()} | {_cell(p.doc)}{who} |")
+    return "\n".join(rows) + "\n"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,8 @@ from backend.strategies import ScoringInput
 UNCERTAINTY = ("least_confidence", "margin", "entropy")
 COMMITTEE = ("vote_entropy", "consensus_entropy", "kl_divergence")
 PROBA_MEASURES = UNCERTAINTY + COMMITTEE
+REGISTERED = list(S.REGISTRY)
+REPO = Path(__file__).resolve().parent.parent
 
 # --------------------------------------------------------------------------------------------------
 # hypothesis strategies
@@ -80,6 +84,123 @@ def test_names_and_resolve() -> None:
     assert frozenset(COMMITTEE) == {n for n, e in S.REGISTRY.items() if "committee" in e.needs}
     with pytest.raises(ValueError, match="unknown strategy 'bald'.*least_confidence.*default"):
         S.resolve("bald")
+
+
+# --------------------------------------------------------------------------------------------------
+# the registry: every entry is checked by the same tests
+
+
+def full_problem(seed: int = 0) -> ScoringInput:
+    """Every input a strategy may read: probabilities, a 3-member committee, features, labeled rows."""
+    inp = small_problem(seed)
+    rng = np.random.default_rng(seed + 1)
+    noise = [np.clip(inp.proba + rng.normal(0, 0.1, inp.proba.shape), 0.01, None) for _ in range(3)]
+    committee = np.stack([m / m.sum(axis=1, keepdims=True) for m in noise])
+    return ScoringInput(
+        proba=inp.proba,
+        committee=committee,
+        features=inp.features,
+        labeled_features=inp.labeled_features,
+        labeled_y=inp.labeled_y,
+        make_estimator=inp.make_estimator,
+        seed=seed,
+    )
+
+
+FIELDS = {"committee": ("committee",), "features": ("features",), "labeled": ("labeled_features", "labeled_y"),
+          "estimator": ("make_estimator",)}  # fmt: skip
+
+
+def test_registry_entries_are_complete() -> None:
+    assert (*S.REGISTRY, "default") == S.STRATEGY_NAMES
+    assert S.DEFAULT_STRATEGY in S.REGISTRY and S.PREFILTER_MEASURE in S.REGISTRY
+    assert S.REGISTRY[S.PREFILTER_MEASURE].pointwise
+    for name, e in S.REGISTRY.items():
+        assert e.name == name
+        assert e.needs <= e.uses <= set(S.INPUTS), name
+        assert e.selection in ("pointwise", "pool", "batch") and 1 <= e.cost_rank <= 4, name
+        assert e.formula and e.normalization and e.reference and e.cost and e.when, name
+        assert (e.select is not None) == (e.selection == "batch"), name
+        assert e.function.__doc__, name  # the formula and its reference live in the docstring too
+
+
+@pytest.mark.parametrize("name", REGISTERED)
+def test_declared_parameters_match_the_function(name: str) -> None:
+    """A parameter's declared default is the function's, so the docs cannot drift from the code."""
+    e = S.REGISTRY[name]
+    sig = dict(inspect.signature(e.function).parameters)
+    if e.input != "pool":  # the measures take arrays; multi-label aggregation wraps them
+        sig["aggregate"] = inspect.signature(S.multi_label_informativeness).parameters["aggregate"]
+    for p in e.params:
+        assert p.name in sig, (name, p.name)
+        assert sig[p.name].default == p.default, (name, p.name)
+        if p.settable:
+            assert S.check_params(name, {p.name: p.default}) == {p.name: p.default}
+    extra = [k for k, v in sig.items() if v.default is not inspect.Parameter.empty]
+    assert sorted(extra) == sorted(p.name for p in e.params), name
+
+
+@pytest.mark.parametrize("name", REGISTERED)
+def test_every_strategy_scores_in_unit_interval_deterministically(name: str) -> None:
+    inp = full_problem()
+    v = S.informativeness(name, inp)
+    assert v.shape == (120,) and np.all((v >= 0) & (v <= 1)), name
+    np.testing.assert_array_equal(v, S.informativeness(name, inp))
+    picks = S.select_batch(name, inp, 10)
+    assert len(picks) == 10 and len(set(picks.tolist())) == 10
+
+
+@pytest.mark.parametrize("name", REGISTERED)
+def test_every_needed_input_is_named_when_missing(name: str) -> None:
+    e = S.REGISTRY[name]
+    for need in e.needs:
+        fields = {f: None for f in FIELDS[need]}
+        inp = full_problem()
+        broken = ScoringInput(**{**inp.__dict__, **fields})
+        with pytest.raises(ValueError, match="|".join(FIELDS[need]) + "|needs " + need):
+            S.informativeness(name, broken)
+    # Inputs the entry does not read can be left out.
+    inp = full_problem()
+    unread = {f: None for i in S.INPUTS if i not in e.uses for f in FIELDS[i]}
+    np.testing.assert_array_equal(
+        S.informativeness(name, ScoringInput(**{**inp.__dict__, **unread})), S.informativeness(name, inp)
+    )
+
+
+@pytest.mark.parametrize("name", [n for n, e in S.REGISTRY.items() if e.pointwise and n != "random"])
+def test_pointwise_strategies_score_each_row_alone(name: str) -> None:
+    inp = full_problem()
+    whole = S.informativeness(name, inp)
+    part = ScoringInput(
+        proba=inp.proba[40:50], committee=inp.committee[:, 40:50] if inp.committee is not None else None
+    )
+    np.testing.assert_allclose(S.informativeness(name, part), whole[40:50])
+
+
+@pytest.mark.parametrize("name", REGISTERED)
+def test_parameter_bounds_are_enforced(name: str) -> None:
+    for p in S.REGISTRY[name].params:
+        if not p.settable:
+            with pytest.raises(ValueError, match=f"unknown parameter.*{p.name}"):
+                S.check_params(name, {p.name: p.default})
+            continue
+        bad: list[Any] = ["nope"] if p.choices else ["3", True]
+        if p.low is not None:
+            bad.append(p.low - 1)
+        if p.high is not None:
+            bad.append(p.high * 2)
+        for value in bad:
+            with pytest.raises(ValueError, match=f"parameter '{p.name}' of strategy '{name}'"):
+                S.check_params(name, {p.name: value})
+
+
+def test_strategy_docs_table_is_generated_from_the_registry() -> None:
+    doc = (REPO / "docs" / "strategies.md").read_text()
+    table = doc.split("<!-- strategy-table:start -->\n")[1].split("<!-- strategy-table:end -->")[0]
+    assert table == S.markdown_tables(), (
+        "docs/strategies.md is out of date: paste the output of "
+        "python -c 'from backend.strategies import markdown_tables; print(markdown_tables(), end=\"\")'"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
