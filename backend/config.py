@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from backend.features import DEFAULT_TEXT_FEATURES, TEXT_FEATURES
+from backend.features.embeddings import DEFAULT_MODEL as DEFAULT_EMBEDDING_MODEL
+
 #: A parser turns the raw text of a variable (named by its first argument, for the error) into a value.
 Parser = Callable[[str, str], Any]
 
@@ -165,6 +168,16 @@ def check_strategy(name: str, raw: str) -> str:
     return value
 
 
+def check_embedding_model(name: str, raw: str) -> str:
+    """`wordllama`, a model2vec hub id or a readable local model2vec directory (not loaded here)."""
+    from backend.features.embeddings import EmbeddingModelError, check_model_name  # numpy only
+
+    try:
+        return check_model_name(raw)
+    except EmbeddingModelError as e:
+        raise ConfigError(name, str(e)) from None
+
+
 # -- the settings ---------------------------------------------------------------------------------
 
 
@@ -240,6 +253,20 @@ class Settings:
         True,
         boolean,
         "Switch the project to 'Uncertainty sampling' after each cycle",
+        per_project=True,
+    )
+    text_features: str = setting(
+        "AL_TEXT_FEATURES",
+        DEFAULT_TEXT_FEATURES,
+        choice(*TEXT_FEATURES),
+        "Text model features: tfidf, embedding (pretrained static sentence embeddings) or tfidf+embedding",
+        per_project=True,
+    )
+    embedding_model: str = setting(
+        "AL_EMBEDDING_MODEL",
+        DEFAULT_EMBEDDING_MODEL,
+        check_embedding_model,
+        "Embedding model: wordllama (weights shipped in the wheel), a model2vec hub id or a local model2vec directory",
         per_project=True,
     )
     pool_reconcile: int = setting(
@@ -355,6 +382,8 @@ class ProjectConfig:
     retrain_every: int = _DEFAULTS["retrain_every"]
     queue_depth: int = _DEFAULTS["queue_depth"]
     set_sampling: bool = _DEFAULTS["set_sampling"]
+    text_features: str = _DEFAULTS["text_features"]
+    embedding_model: str = _DEFAULTS["embedding_model"]
 
     @classmethod
     def defaults(cls, settings: Settings) -> ProjectConfig:
@@ -376,6 +405,10 @@ class ProjectConfig:
                 raise ConfigError(name, f"expected a scalar, got {value!r}")
             changes[key] = PER_PROJECT[key].parse(name, value)
         return replace(self, **changes)
+
+    def learner_params(self) -> dict[str, Any]:
+        """The `Learner` keyword arguments these settings choose."""
+        return {"text_features": self.text_features, "embedding_model": self.embedding_model}
 
     def as_dict(self) -> dict[str, Any]:
         """The settings as a JSON-ready dict (stored in project.json, shown by status)."""

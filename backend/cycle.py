@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -112,7 +112,9 @@ def cold_start(ts: TrainingSet, config: ProjectConfig, spec: TaskSpec) -> str | 
     return None
 
 
-def cross_validate(spec: TaskSpec, ts: TrainingSet, seed: int, folds: int = 5) -> dict[str, float | None]:
+def cross_validate(
+    spec: TaskSpec, ts: TrainingSet, seed: int, folds: int = 5, learner_params: Mapping[str, Any] | None = None
+) -> dict[str, float | None]:
     """Cross-validated accuracy and macro-F1 of a fresh learner on the labeled set.
 
     Stratified k-fold with k = min(folds, smallest class count); None when a class has a single
@@ -140,7 +142,7 @@ def cross_validate(spec: TaskSpec, ts: TrainingSet, seed: int, folds: int = 5) -
         train_y = [y[i] for i in train_idx]
         if not spec.multi_label and len(set(train_y)) < 2:
             continue
-        learner = Learner(spec, seed=seed).fit([inputs[i] for i in train_idx], train_y)
+        learner = Learner(spec, seed=seed, **(learner_params or {})).fit([inputs[i] for i in train_idx], train_y)
         proba = learner.predict_proba(learner.transform([inputs[i] for i in test_idx]))
         labels = learner.predict_labels(proba)
         truth.extend(y[i] for i in test_idx)
@@ -193,9 +195,9 @@ def run_cycle(deps: CycleDeps, project: int) -> CycleReport:
         return report
 
     with _stage(report, progress, "fit"):
-        learner = Learner(spec, seed=settings.seed).fit(ts.inputs, ts.y)
+        learner = Learner(spec, seed=settings.seed, **config.learner_params()).fit(ts.inputs, ts.y)
     with _stage(report, progress, "evaluate"):
-        report.metrics = cross_validate(spec, ts, settings.seed)
+        report.metrics = cross_validate(spec, ts, settings.seed, learner_params=config.learner_params())
     with _stage(report, progress, "publish"):
         metadata = {
             "project": project,

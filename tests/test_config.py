@@ -85,7 +85,15 @@ def test_each_default_is_what_its_variable_parses_to() -> None:
 
 
 def test_project_config_is_the_per_project_settings_with_their_defaults() -> None:
-    assert list(PER_PROJECT) == ["strategy", "min_labels", "retrain_every", "queue_depth", "set_sampling"]
+    assert list(PER_PROJECT) == [
+        "strategy",
+        "min_labels",
+        "retrain_every",
+        "queue_depth",
+        "set_sampling",
+        "text_features",
+        "embedding_model",
+    ]
     assert [f.name for f in fields(ProjectConfig)] == list(PER_PROJECT)
     assert ProjectConfig() == ProjectConfig.defaults(Settings())
     custom = Settings.from_env({"AL_QUEUE_DEPTH": "7", "AL_STRATEGY": "margin"})
@@ -95,6 +103,8 @@ def test_project_config_is_the_per_project_settings_with_their_defaults() -> Non
         "retrain_every": 1,
         "queue_depth": 7,
         "set_sampling": True,
+        "text_features": "tfidf+embedding",
+        "embedding_model": "wordllama",
     }
 
 
@@ -125,3 +135,22 @@ def test_bad_extra_params(extra: dict, field: str, fragment: str) -> None:
         ProjectConfig().with_extra_params(extra)
     assert info.value.field == field
     assert fragment in str(info.value)
+
+
+def test_text_features_and_embedding_model_refuse_bad_values_naming_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        Settings.from_env({"AL_TEXT_FEATURES": "bert"})
+    assert e.value.field == "AL_TEXT_FEATURES"
+    assert str(e.value) == "AL_TEXT_FEATURES: expected one of tfidf, embedding, tfidf+embedding, got 'bert'"
+    with pytest.raises(ConfigError) as e:
+        Settings.from_env({"AL_EMBEDDING_MODEL": "glove"})
+    assert e.value.field == "AL_EMBEDDING_MODEL" and "'glove'" in str(e.value) and "'wordllama'" in str(e.value)
+    assert "\n" not in str(e.value)
+    missing = str(tmp_path / "nope")
+    with pytest.raises(ConfigError, match="not a readable model2vec directory"):
+        Settings.from_env({"AL_EMBEDDING_MODEL": missing})
+    config = ProjectConfig.defaults(Settings()).with_extra_params({"text_features": "TFIDF"})
+    assert config.learner_params() == {"text_features": "tfidf", "embedding_model": "wordllama"}
+    with pytest.raises(ConfigError) as e:
+        ProjectConfig().with_extra_params({"embedding_model": "/etc/passwd"})
+    assert e.value.field == "extra_params.embedding_model" and "valid choices" in str(e.value)

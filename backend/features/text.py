@@ -26,10 +26,9 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer, strip_accents_unicode
 
+from backend.features import DEFAULT_TEXT_FEATURES, TEXT_FEATURES
 from backend.features import embeddings as emb
 
-TEXT_FEATURES = ("tfidf", "embedding", "tfidf+embedding")
-DEFAULT_TEXT_FEATURES = "tfidf+embedding"
 # Chosen on sms_spam (sentiment_sentences held out): docs/benchmarks.md, "Text features".
 DEFAULT_EMBEDDING_WEIGHT = 1.0
 _DIGIT = re.compile(r"\d")
