@@ -144,7 +144,7 @@ def predict(
     (:attr:`strategies.Strategy.row_measure`, margin).  No cluster is written: it only means
     something within one clustered slice.
     """
-    measure = strategies.pointwise_measure(strategy)
+    measure = strategies.get(strategy).row_measure
     X = learner.transform(inputs)
     proba, info = score_features(learner, X, measure, multi_label=spec.multi_label, seed=seed)
     labels = learner.predict_labels(proba)

@@ -1352,8 +1352,6 @@ DEFAULT_STRATEGY: str = "diversity"
 PREFILTER_MEASURE: str = "margin"
 # Every name a user may give: the registry's plus "default".
 STRATEGY_NAMES: tuple[str, ...] = (*REGISTRY, "default")
-# Derived from the registry for the /predict handler until it calls selection.predict.
-NEEDS_COMMITTEE: frozenset[str] = frozenset(n for n, s in REGISTRY.items() if "committee" in s.needs)
 
 
 def resolve(name: str) -> str:
@@ -1369,11 +1367,6 @@ def get(name: str) -> Strategy:
     if key not in REGISTRY:
         raise ValueError(f"unknown strategy {name!r}; valid names: {', '.join(STRATEGY_NAMES)}")
     return REGISTRY[key]
-
-
-def pointwise_measure(name: str) -> str:
-    """The measure that scores rows one at a time for strategy ``name`` (see :attr:`Strategy.row_measure`)."""
-    return get(name).row_measure
 
 
 def check_params(name: str, params: dict[str, Any]) -> dict[str, Any]:

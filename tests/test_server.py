@@ -18,6 +18,7 @@ import redis
 from fastapi.testclient import TestClient
 from rq import Queue
 
+from backend import strategies
 from backend.config import Settings
 from backend.labelconfig import parse_label_config
 from backend.learner import Learner
@@ -174,6 +175,22 @@ def test_predict_with_a_model(client: TestClient, settings: Settings) -> None:
         assert len(item["value"]["choices"]) == 1
     assert results[0]["result"][0]["value"]["choices"] == ["spam"]
     assert results[1]["result"][0]["value"]["choices"] == ["no_spam"]
+
+
+@pytest.mark.parametrize(("extra", "measure"), [({}, "margin"), ({"strategy": "entropy"}, "entropy")])
+def test_predict_scores_with_the_strategys_row_measure(
+    client: TestClient, settings: Settings, extra: dict[str, str], measure: str
+) -> None:
+    """score = 1 - informativeness by the project's strategy; pool-level ones (the default) use margin."""
+    assert client.post("/setup", json=setup_body(extra=extra)).status_code == 200
+    publish_spam_model(settings)
+    texts = ["FREE prize! call now to claim your cash", "see you at dinner tonight", "ok"]
+    results = client.post("/predict", json=predict_body(texts)).json()["results"]
+    _, learner = ModelStore(settings.model_dir).load(3, Learner.load)  # type: ignore[misc]
+    proba = learner.predict_proba(learner.transform(texts))
+    info = strategies.informativeness(measure, strategies.ScoringInput(proba=proba))
+    assert [r["score"] for r in results] == [float(1.0 - v) for v in info]
+    assert [list(r) for r in results] == [["result", "score", "model_version"]] * 3  # no task, no cluster
 
 
 def test_predict_serves_a_newly_published_version_without_restart(client: TestClient, settings: Settings) -> None:

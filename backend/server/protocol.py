@@ -15,10 +15,10 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from backend import __version__, projects, strategies
+from backend import __version__, projects, selection
 from backend.config import ConfigError, Settings
 from backend.jobs import SCORE_NEW_FUNC, Jobs
-from backend.labelconfig import choices_result, task_input
+from backend.labelconfig import task_input
 from backend.learner import Learner
 from backend.pool import PoolCache
 from backend.server.deps import JobsDep, ProjectLookup, ProjectsDep, RedisDep, SettingsDep, StoreDep, require_jobs
@@ -119,19 +119,8 @@ def predict_tasks(body: PredictRequest, settings: Settings, store: ModelStore, l
     if loaded is None:
         return {"results": [[] for _ in body.tasks]}
     version, learner = loaded
-    X = learner.transform(inputs)
-    proba = learner.predict_proba(X)
-    name = strategies.resolve(lookup.config(project).strategy)
-    # Pool-level strategies need the whole pool; a single task gets their base measure (margin).
-    measure = strategies.pointwise_measure(name)
-    committee = learner.committee_proba(X) if measure in strategies.NEEDS_COMMITTEE else None
-    inp = strategies.ScoringInput(proba=proba, committee=committee, multi_label=spec.multi_label)
-    info = strategies.informativeness(measure, inp)
-    labels = learner.predict_labels(proba)
-    results = [
-        {"result": choices_result(spec, labels[i]), "score": float(1.0 - info[i]), "model_version": version}
-        for i in range(len(inputs))
-    ]
+    predictions = selection.predict(learner, spec, inputs, lookup.config(project).strategy, version)
+    results = [p.to_json() for p in predictions]
     return {"results": results, "model_version": version}
 
 
