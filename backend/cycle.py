@@ -32,7 +32,7 @@ from backend.cycle_log import record_cycle
 from backend.labelconfig import TaskSpec, parse_label_config, task_input
 from backend.labelstudio import LabelStudioClient
 from backend.learner import Learner, TrainingSet, training_set
-from backend.pool import PoolCache, PoolSnapshot, config_hash
+from backend.pool import PoolCache
 from backend.projectdir import ProjectDir, read_json, write_json
 from backend.selection import Prediction
 from backend.store import ModelStore
@@ -255,17 +255,11 @@ def unlabeled_pool(
     deps: CycleDeps, project: int, spec: TaskSpec, label_config: str, done: set[int]
 ) -> tuple[list[int], list[Any]]:
     """Ids and model inputs of the tasks still to label, from the pool cache (read in full when due)."""
-    cache = PoolCache(deps.settings.model_dir, project)
-    snap = cache.load()
-    if snap is None or cache.needs_full_read(snap, label_config, deps.settings.pool_reconcile):
-        fresh = PoolSnapshot(
-            data={int(t["id"]): t.get("data") or {} for t in deps.client.iter_tasks(project, include=("id", "data"))},
-            synced_at=time.time(),
-            config_hash=config_hash(label_config),
-        )
-        cache.apply_events(fresh)  # events that raced the read (adds are idempotent, deletes win)
-        snap = fresh
-    cache.save(snap)
+    snap = PoolCache(deps.settings.model_dir, project).sync(
+        label_config,
+        deps.settings.pool_reconcile,
+        lambda: deps.client.iter_tasks(project, include=("id", "data")),
+    )
     ids: list[int] = []
     inputs: list[Any] = []
     for task_id in sorted(snap.data):

@@ -26,7 +26,7 @@ import json
 import os
 import time
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -246,6 +246,31 @@ class PoolCache:
                 return
             write_atomic(self.events_path, rest)
         self._folded = 0
+
+    def sync(
+        self,
+        label_config: str,
+        reconcile_seconds: float,
+        read_all: Callable[[], Iterable[Mapping[str, Any]]],
+    ) -> PoolSnapshot:
+        """The current pool: the snapshot with the logged events, or a full read when one is due.
+
+        `read_all()` yields every task (`id` and `data`) from Label Studio. The snapshot is saved
+        (and the folded events dropped) only when something changed: a cycle between two full reads
+        with no new events writes nothing.
+        """
+        snap = self.load()
+        if snap is None or self.needs_full_read(snap, label_config, reconcile_seconds):
+            snap = PoolSnapshot(
+                data={int(t["id"]): t.get("data") or {} for t in read_all()},
+                synced_at=time.time(),
+                config_hash=config_hash(label_config),
+            )
+            self.apply_events(snap)  # events that raced the read (adds are idempotent, deletes win)
+            self.save(snap)
+        elif self._folded:
+            self.save(snap)
+        return snap
 
     def needs_full_read(self, snap: PoolSnapshot | None, label_config: str, reconcile_seconds: float) -> bool:
         """True when the pool must be read from Label Studio again (none, new config, or due)."""

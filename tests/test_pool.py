@@ -225,3 +225,32 @@ def test_two_compacting_writers_lose_no_event(tmp_path: Path) -> None:
     b.save(snap_b)  # must not cut the rotated log at its own (stale) offset
     final = PoolCache(tmp_path, 1).load()
     assert final is not None and sorted(final.data) == [1, 2, 3]
+
+
+def test_sync_reads_in_full_only_when_due_and_writes_only_what_changed(tmp_path: Path) -> None:
+    xml = "<View/>"
+    reads: list[int] = []
+
+    def read_all() -> list[dict[str, Any]]:
+        reads.append(1)
+        return [{"id": 1, "data": {"text": "a"}}, {"id": 2, "data": {"text": "b"}}]
+
+    cache = PoolCache(tmp_path, 1)
+    snap = cache.sync(xml, 3600, read_all)  # no snapshot yet: a full read, saved
+    assert (len(reads), sorted(snap.data)) == (1, [1, 2])
+    inode = cache.snapshot_path.stat().st_ino
+
+    snap = PoolCache(tmp_path, 1).sync(xml, 3600, read_all)  # nothing new: nothing read or written
+    assert (len(reads), sorted(snap.data)) == (1, [1, 2])
+    assert cache.snapshot_path.stat().st_ino == inode
+
+    cache.add_tasks([{"id": 3, "data": {"text": "c"}}])
+    snap = PoolCache(tmp_path, 1).sync(xml, 3600, read_all)  # events: folded and saved, log emptied
+    assert (len(reads), sorted(snap.data)) == (1, [1, 2, 3])
+    assert cache.snapshot_path.stat().st_ino != inode
+    assert cache.events_path.read_bytes() == b""
+
+    snap = PoolCache(tmp_path, 1).sync("<View></View>", 3600, read_all)  # the label config changed
+    assert (len(reads), sorted(snap.data)) == (2, [1, 2])
+    snap = PoolCache(tmp_path, 1).sync("<View></View>", 0, read_all)  # reconcile due
+    assert len(reads) == 3
