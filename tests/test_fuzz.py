@@ -162,7 +162,7 @@ _json = st.recursive(
 
 @pytest.fixture(scope="module")
 def client(app: Any, fuzz_settings: Settings) -> TestClient:
-    from tests.test_server import publish_spam_model
+    from tests.serverkit import publish_spam_model
 
     publish_spam_model(fuzz_settings, 3)
     return TestClient(app, raise_server_exceptions=False)

@@ -54,9 +54,7 @@ def create_app(settings: Settings, *, redis_url: str | None = None) -> FastAPI:
     app.state.projects = ProjectLookup(settings.model_dir, ProjectConfig.defaults(settings))
     app.state.metrics = Metrics(settings, connection=connection, store=store)
 
-    app.add_exception_handler(ApiError, api_error)  # type: ignore[arg-type]
-    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
-    app.add_exception_handler(redis.RedisError, redis_error)  # type: ignore[arg-type]
+    add_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
     return app
@@ -77,6 +75,13 @@ def served_routes(app: FastAPI) -> list[BaseRoute]:
     """
     own = [route for route in app.routes if isinstance(getattr(route, "path_format", None), str)]
     return own + [route for router in ROUTERS for route in router.routes]
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Answer `ApiError`, validation errors and a Redis outage as `{"error", "field"}` JSON bodies."""
+    app.add_exception_handler(ApiError, api_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(redis.RedisError, redis_error)  # type: ignore[arg-type]
 
 
 def redis_connection(url: str) -> redis.Redis:

@@ -1,84 +1,44 @@
-"""HTTP tests: the Label Studio protocol, replayed payloads, auth and every bad-input case.
+"""The Label Studio protocol (backend.server.protocol): /health, /setup, /predict and /webhook.
 
-Uses a real Redis (fixtures in conftest.py). Webhook payloads are the ones captured from a real
-Label Studio 1.23.2 in ../shared/fixtures/label_studio_1.23.2_webhooks.json.
+Replayed Label Studio 1.23.2 payloads and every bad-input case, through the app as served (behind
+the Guard), on a real Redis; and the router mounted alone with its dependencies overridden.
 """
 
 from __future__ import annotations
 
-import base64
 import copy
 import json
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from rq import Queue
 
 from backend import strategies
-from backend.config import Settings
-from backend.labelconfig import parse_label_config
+from backend.config import ProjectConfig, Settings
+from backend.jobs import Jobs
 from backend.learner import Learner
-from backend.server import UNTRAINED, Guard, create_app
+from backend.server import UNTRAINED, protocol
+from backend.server.deps import ProjectLookup, get_jobs, get_projects, get_redis, get_settings, get_store
 from backend.store import ModelStore
-from tests.conftest import FIXTURES
-
-REPO = Path(__file__).resolve().parent.parent
-SPAM_XML = (REPO / "label_config" / "spam.xml").read_text()
-WEBHOOKS = json.loads((FIXTURES / "label_studio_1.23.2_webhooks.json").read_text())
-FIXTURE_XML = WEBHOOKS["START_TRAINING"]["project"]["label_config"]
-
-
-def client_for(settings: Settings) -> TestClient:
-    return TestClient(Guard(create_app(settings), settings), raise_server_exceptions=True)
+from tests.serverkit import (
+    FIXTURE_XML,
+    SPAM_XML,
+    WEBHOOKS,
+    assert_error,
+    client_for,
+    mount,
+    predict_body,
+    publish_spam_model,
+    queued_ids,
+    setup_body,
+)
 
 
 @pytest.fixture
 def client(settings: Settings, redis_conn: redis.Redis) -> TestClient:
     return client_for(settings)
-
-
-def setup_body(project: Any = "3.1763717060", schema: str = SPAM_XML, extra: dict | None = None) -> dict:
-    return {
-        "project": project,
-        "schema": schema,
-        "hostname": "http://localhost:8080",
-        "access_token": "legacy-token-never-logged",
-        "extra_params": extra,
-    }
-
-
-def publish_spam_model(settings: Settings, project: int = 3) -> str:
-    spec = parse_label_config(SPAM_XML)
-    texts = [
-        "WINNER!! claim your free prize now, call 09061701461",
-        "Free entry in 2 a wkly comp to win FA Cup final tkts, text FA to 87121",
-        "URGENT! You have won a 1 week FREE membership, call now",
-        "Congratulations you won cash! reply WIN to claim",
-        "Are you coming to dinner tonight?",
-        "I'll call you later, in a meeting",
-        "Ok lar... joking wif u oni",
-        "See you at the station at 6",
-    ]
-    y = ["spam"] * 4 + ["no_spam"] * 4
-    learner = Learner(spec, seed=0).fit(texts, y)
-    store = ModelStore(settings.model_dir, keep=settings.keep_versions)
-    return store.publish(project, learner.save, {"n_labels": len(y)})
-
-
-def assert_error(resp: Any, status: int, field: str | None) -> dict:
-    assert resp.status_code == status, resp.text
-    body = resp.json()
-    assert set(body) == {"error", "field"}
-    assert body["field"] == field
-    assert body["error"]
-    return body
-
-
-# -- /health and /setup ------------------------------------------------------------------------
 
 
 def test_health(client: TestClient) -> None:
@@ -139,18 +99,6 @@ def test_setup_missing_schema(client: TestClient) -> None:
     body = setup_body()
     del body["schema"]
     assert_error(client.post("/setup", json=body), 400, "schema")
-
-
-# -- /predict ----------------------------------------------------------------------------------
-
-
-def predict_body(texts: list[str], project: Any = "3.1763717060", config: str | None = SPAM_XML) -> dict:
-    return {
-        "tasks": [{"id": 100 + i, "data": {"text": t}, "project": 3} for i, t in enumerate(texts)],
-        "project": project,
-        "label_config": config,
-        "params": {"login": None, "password": None, "context": None},
-    }
 
 
 def test_predict_before_any_model_answers_one_empty_entry_per_task(client: TestClient) -> None:
@@ -236,39 +184,6 @@ def test_predict_task_count_limit(settings: Settings, redis_conn: redis.Redis) -
     assert_error(client.post("/predict", json=predict_body(["a", "b", "c"])), 413, "tasks")
 
 
-# -- bodies, JSON, size ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("path", ["/setup", "/predict", "/webhook", "/train"])
-def test_malformed_json(client: TestClient, path: str) -> None:
-    resp = client.post(path, content=b"{not json", headers={"content-type": "application/json"})
-    assert_error(resp, 400, "body")
-
-
-@pytest.mark.parametrize("path", ["/setup", "/predict", "/webhook", "/train"])
-def test_json_that_is_not_an_object(client: TestClient, path: str) -> None:
-    resp = client.post(path, json=[1, 2, 3])
-    assert resp.status_code == 400
-    assert resp.json()["field"]
-
-
-def test_body_over_the_limit(settings: Settings, redis_conn: redis.Redis) -> None:
-    client = client_for(replace(settings, max_body_bytes=2048))
-    resp = client.post("/predict", json=predict_body(["x" * 5000]))
-    assert_error(resp, 413, "body")
-    # chunked upload without Content-Length is counted too
-    resp = client.post("/webhook", content=iter([b"{" + b" " * 3000 + b"}"]))
-    assert_error(resp, 413, "body")
-    assert client.get("/health").status_code == 200
-
-
-# -- /webhook ------------------------------------------------------------------------------------
-
-
-def queued_ids(settings: Settings, conn: redis.Redis) -> list[str]:
-    return Queue(settings.queue_name, connection=conn).job_ids
-
-
 def test_webhook_replayed_annotation_created_queues_a_cycle(
     client: TestClient, settings: Settings, redis_conn: redis.Redis
 ) -> None:
@@ -346,59 +261,46 @@ def test_webhook_when_redis_is_down_answers_fast_with_a_reason(settings: Setting
     assert client.get("/health").json()["redis"] == "unavailable"
 
 
-# -- /train, /jobs, auth --------------------------------------------------------------------------
+# -- the router alone ----------------------------------------------------------------------------
 
 
-def test_train_and_job_status(client: TestClient, settings: Settings, redis_conn: redis.Redis) -> None:
-    resp = client.post("/train", json={"project": 12})
-    assert resp.status_code == 202
-    job_id = resp.json()["job_id"]
-    assert resp.json()["created"] is True
-    status = client.get(f"/jobs/{job_id}").json()
-    assert status["state"] == "queued" and status["project"] == 12
-    assert_error(client.get("/jobs/" + "0" * 32), 404, "job_id")
-    assert_error(client.get("/jobs/not-a-job"), 400, "job_id")
+def test_the_router_alone_serves_from_the_dependencies_it_is_given(
+    settings: Settings, redis_conn: redis.Redis, tmp_path: Any
+) -> None:
+    other = replace(settings, model_dir=tmp_path / "elsewhere")
+    version = publish_spam_model(other)
+    jobs = Jobs(redis_conn, settings.queue_name, settings.job_timeout)
+    client = mount(
+        protocol.router,
+        {
+            get_settings: other,
+            get_redis: redis_conn,
+            get_jobs: jobs,
+            get_store: ModelStore(other.model_dir),
+            get_projects: ProjectLookup(other.model_dir, ProjectConfig.defaults(other)),
+        },
+    )
+    assert client.get("/health").json()["redis"] == "ok"
+    assert client.post("/setup", json=setup_body()).json() == {"model_version": version}
+    assert (other.model_dir / "3" / "project.json").exists()
+    results = client.post("/predict", json=predict_body(["win cash now", "see you at dinner"])).json()["results"]
+    assert [r["model_version"] for r in results] == [version, version]
+    body = client.post("/webhook", json=WEBHOOKS["START_TRAINING"]).json()
+    assert body["status"] == "queued"
+    assert queued_ids(settings, redis_conn) == [body["job_id"]]
 
 
-@pytest.mark.parametrize("body", [{"project": "x"}, {"project": 0}, {}, {"project": 1.5}])
-def test_train_bad_input(client: TestClient, body: dict) -> None:
-    assert_error(client.post("/train", json=body), 400, "project")
-
-
-def test_trigger_token(settings: Settings, redis_conn: redis.Redis) -> None:
-    client = client_for(replace(settings, trigger_token="t0ken"))
-    assert_error(client.post("/train", json={"project": 1}), 401, "authorization")
-    resp = client.post("/train", json={"project": 1}, headers={"Authorization": "Bearer wrong"})
-    body = assert_error(resp, 401, "authorization")
-    assert "t0ken" not in body["error"]
-    assert client.post("/train", json={"project": 1}, headers={"Authorization": "Bearer t0ken"}).status_code == 202
-
-
-def basic(user: str, password: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
-
-
-def test_basic_auth_on_every_endpoint(settings: Settings, redis_conn: redis.Redis) -> None:
-    client = client_for(replace(settings, basic_auth_user="ls", basic_auth_pass="s3cret"))
-    calls = [
-        ("get", "/health", None),
-        ("post", "/setup", setup_body()),
-        ("post", "/predict", predict_body(["a"])),
-        ("post", "/webhook", WEBHOOKS["START_TRAINING"]),
-        ("post", "/train", {"project": 1}),
-        ("get", "/openapi.json", None),
-    ]
-    for method, path, body in calls:
-        resp = getattr(client, method)(path, json=body) if body is not None else getattr(client, method)(path)
-        assert_error(resp, 401, "authorization")
-        assert resp.headers["www-authenticate"] == 'Basic realm="lsal"'
-        wrong = getattr(client, method)(path, headers=basic("ls", "nope"), **({"json": body} if body else {}))
-        assert wrong.status_code == 401
-        ok = getattr(client, method)(path, headers=basic("ls", "s3cret"), **({"json": body} if body else {}))
-        assert ok.status_code in (200, 202), (path, ok.text)
-
-
-def test_openapi_document_lists_the_protocol(client: TestClient) -> None:
-    doc = client.get("/openapi.json").json()
-    for path in ("/health", "/setup", "/predict", "/webhook", "/train", "/jobs/{job_id}", "/projects/{project}/status"):
-        assert path in doc["paths"], path
+def test_the_router_alone_without_a_queue(settings: Settings) -> None:
+    client = mount(
+        protocol.router,
+        {
+            get_settings: settings,
+            get_store: ModelStore(settings.model_dir),
+            get_projects: ProjectLookup(settings.model_dir, ProjectConfig.defaults(settings)),
+            get_jobs: None,
+        },
+    )
+    assert_error(client.post("/webhook", json=WEBHOOKS["START_TRAINING"]), 503, None)
+    # an event that needs no queue is still answered
+    ignored = {**WEBHOOKS["START_TRAINING"], "action": "PROJECT_UPDATED"}
+    assert client.post("/webhook", json=ignored).json() == {"status": "ignored", "action": "PROJECT_UPDATED"}
