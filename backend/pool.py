@@ -44,7 +44,8 @@ class TaskArray:
     """A per-task numeric matrix kept in the snapshot: row i belongs to task `ids[i]`.
 
     Rows of tasks that are no longer in the pool are dropped when the snapshot is saved; tasks added
-    since have no row (`rows` reports them as missing).
+    since have no row (`rows` reports them as missing). Code that adds or replaces an array saves
+    the snapshot itself (`PoolCache.save`): `PoolCache.sync` writes only when the tasks changed.
     """
 
     ids: np.ndarray  # int64, shape (n,)

@@ -130,14 +130,15 @@ def remove_stray_temp_files(directory: Path) -> list[str]:
         if not entry.name.startswith(STRAY_PREFIXES) or not entry.is_file(follow_symlinks=False):
             continue
         try:
-            fd = os.open(entry.path, os.O_RDONLY)
-        except FileNotFoundError:
-            continue  # its writer renamed it meanwhile
+            # Read-write: on NFS, Linux emulates flock with POSIX locks, which need it for LOCK_EX.
+            fd = os.open(entry.path, os.O_RDWR)
+        except OSError:
+            continue  # its writer renamed it meanwhile, or it is not ours to remove
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a live writer
+            except OSError:
+                continue  # locked by a live writer (BlockingIOError), or not lockable here: leave it
             try:
                 os.unlink(entry.path)
                 removed.append(entry.name)
