@@ -168,6 +168,17 @@ def check_strategy(name: str, raw: str) -> str:
     return value
 
 
+def check_strategy_params(strategy: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """A project's parameters for its strategy, checked against the registry (names, types, bounds)."""
+    from backend import strategies  # imported lazily: strategies pulls in scikit-learn
+
+    try:
+        return strategies.check_params(strategy, dict(params))
+    except strategies.ParamError as exc:
+        where = "extra_params.strategy_params" + (f".{exc.param}" if exc.param else "")
+        raise ConfigError(where, str(exc)) from None
+
+
 def check_embedding_model(name: str, raw: str) -> str:
     """`wordllama`, a model2vec hub id or a readable local model2vec directory (not loaded here)."""
     from backend.features.embeddings import EmbeddingModelError, check_model_name  # numpy only
@@ -384,6 +395,8 @@ class ProjectConfig:
     set_sampling: bool = _DEFAULTS["set_sampling"]
     text_features: str = _DEFAULTS["text_features"]
     embedding_model: str = _DEFAULTS["embedding_model"]
+    # Only from extra params (a JSON object): the strategy's own parameters, e.g. {"beta": 2}.
+    strategy_params: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def defaults(cls, settings: Settings) -> ProjectConfig:
@@ -399,12 +412,20 @@ class ProjectConfig:
         changes: dict[str, Any] = {}
         for key, value in extra.items():
             name = f"extra_params.{key}"
+            if key == "strategy_params":
+                if not isinstance(value, Mapping):
+                    raise ConfigError(name, f"expected a JSON object of the strategy's parameters, got {value!r}")
+                changes[key] = dict(value)
+                continue
             if key not in PER_PROJECT:
-                raise ConfigError(name, f"unknown setting; valid keys: {', '.join(PER_PROJECT)}")
+                raise ConfigError(name, f"unknown setting; valid keys: {', '.join([*PER_PROJECT, 'strategy_params'])}")
             if isinstance(value, (dict, list)) or value is None:
                 raise ConfigError(name, f"expected a scalar, got {value!r}")
             changes[key] = PER_PROJECT[key].parse(name, value)
-        return replace(self, **changes)
+        config = replace(self, **changes)
+        if config.strategy_params:
+            config = replace(config, strategy_params=check_strategy_params(config.strategy, config.strategy_params))
+        return config
 
     def learner_params(self) -> dict[str, Any]:
         """The `Learner` keyword arguments these settings choose."""

@@ -205,6 +205,7 @@ def run_cycle(deps: CycleDeps, project: int) -> CycleReport:
             "label_counts": report.label_counts,
             "metrics": report.metrics,
             "strategy": strategies.resolve(config.strategy),
+            "strategy_params": dict(config.strategy_params),
             "classes": list(learner.classes_),
             "training_stats": ts.stats,
         }
@@ -302,6 +303,7 @@ def _score_and_write(
             multi_label=spec.multi_label,
             labeled_inputs=ts.inputs,
             labeled_y=ts.y,
+            params=config.strategy_params,
             progress=progress,
         )
     report.pool_uncertainty = chosen.mean_informativeness
@@ -393,7 +395,14 @@ def score_new_tasks(deps: CycleDeps, project: int, task_ids: Sequence[int]) -> d
     if not ids:
         return {"status": "nothing_to_score", "written": 0}
     predictions = selection.predict(
-        learner, spec, inputs, config.strategy, version, task_ids=ids, seed=deps.settings.seed
+        learner,
+        spec,
+        inputs,
+        config.strategy,
+        version,
+        task_ids=ids,
+        seed=deps.settings.seed,
+        params=config.strategy_params,
     )
     created = deps.client.import_predictions(project, [p.to_json() for p in predictions], chunk_size=IMPORT_CHUNK)
     return {"status": "scored", "version": version, "written": len(predictions), "created": created}

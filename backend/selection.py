@@ -15,7 +15,7 @@ strategy's name.  A prediction's JSON is built in one place, :meth:`Prediction.t
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,6 +110,7 @@ def score_features(
     *,
     multi_label: bool,
     seed: int = 0,
+    params: Mapping[str, Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(proba, informativeness)`` of the rows of ``X`` by the pointwise measure ``name``.
 
@@ -118,14 +119,15 @@ def score_features(
     entry = strategies.get(name)
     if not entry.pointwise:
         raise ValueError(f"strategy {entry.name!r} needs the whole pool; score rows with {entry.row_measure!r}")
+    params = dict(params or {})
     proba = learner.predict_proba(X)
     inp = strategies.ScoringInput(
         proba=proba,
-        committee=learner.committee_proba(X) if "committee" in entry.requires() else None,
+        committee=learner.committee_proba(X) if "committee" in entry.requires(params) else None,
         multi_label=multi_label,
         seed=seed,
     )
-    return proba, strategies.informativeness(entry.name, inp)
+    return proba, strategies.informativeness(entry.name, inp, **params)
 
 
 def predict(
@@ -137,16 +139,24 @@ def predict(
     *,
     task_ids: Sequence[int] | None = None,
     seed: int = 0,
+    params: Mapping[str, Any] | None = None,
 ) -> list[Prediction]:
     """A prediction per input, in order, scored one row at a time (``/predict``, stream scoring).
 
     Pool-level strategies need the whole pool, so rows get their row measure
-    (:attr:`strategies.Strategy.row_measure`, margin).  No cluster is written: it only means
-    something within one clustered slice.
+    (:attr:`strategies.Strategy.row_measure`, margin, without the strategy's ``params``).  No
+    cluster is written: it only means something within one clustered slice.
     """
-    measure = strategies.get(strategy).row_measure
+    entry = strategies.get(strategy)
     X = learner.transform(inputs)
-    proba, info = score_features(learner, X, measure, multi_label=spec.multi_label, seed=seed)
+    proba, info = score_features(
+        learner,
+        X,
+        entry.row_measure,
+        multi_label=spec.multi_label,
+        seed=seed,
+        params=params if entry.pointwise else None,
+    )
     labels = learner.predict_labels(proba)
     return [
         Prediction(
@@ -186,6 +196,7 @@ def select(
     multi_label: bool,
     labeled_inputs: Sequence[Any] | None = None,
     labeled_y: Sequence[Any] | None = None,
+    params: Mapping[str, Any] | None = None,
     progress: Progress = _no_progress,
 ) -> Selection:
     """Score the pool chunk by chunk and pick the ``depth`` rows to put in front of the queue.
@@ -195,12 +206,15 @@ def select(
     candidates by the prefilter measure (margin); they get the labeled rows (``labeled_inputs``,
     ``labeled_y``) when their registry entry reads them.  Every candidate is clustered (one
     cluster per pick, at most :data:`MAX_CLUSTERS`) and batch strategies spread their picks over
-    those clusters, so the picks agree with the ``cluster`` field Label Studio sees.
+    those clusters, so the picks agree with the ``cluster`` field Label Studio sees.  ``params``
+    are the strategy's own (a project's ``strategy_params``); the prefilter runs without them.
     """
     entry = strategies.get(strategy)
+    params = dict(params or {})
     if multi_label and not entry.multi_label:
         log.info("%s is single-label only; using %s for this multi-label project", entry.name, entry.row_measure)
-        entry = strategies.get(strategies.PREFILTER_MEASURE)
+        entry, params = strategies.get(strategies.PREFILTER_MEASURE), {}
+    row_params = params if entry.pointwise else {}
     n = len(inputs)
     keep = depth if entry.pointwise else min(n, max(CANDIDATES_PER_PICK * depth, MIN_CANDIDATES))
     # Candidates so far, in pool order: positions, informativeness, features, probabilities.
@@ -211,7 +225,9 @@ def select(
     total_info = 0.0
     for start in range(0, n, SCORE_CHUNK):
         X = learner.transform(inputs[start : start + SCORE_CHUNK])
-        proba, info = score_features(learner, X, entry.row_measure, multi_label=multi_label, seed=seed + start)
+        proba, info = score_features(
+            learner, X, entry.row_measure, multi_label=multi_label, seed=seed + start, params=row_params
+        )
         total_info += float(info.sum())
         top = np.sort(strategies.priority_order(info, keep))
         rows = np.r_[cand_rows, start + top]
@@ -237,12 +253,12 @@ def select(
     else:
         labeled_X = labeled_codes = None
         has_labeled = labeled_inputs is not None and labeled_y is not None and len(labeled_inputs) > 0
-        if "labeled" in entry.requires() and has_labeled and not multi_label:
+        if "labeled" in entry.requires(params) and has_labeled and not multi_label:
             assert labeled_inputs is not None and labeled_y is not None
             labeled_X, labeled_codes = _labeled(learner, labeled_inputs, labeled_y)
         inp = strategies.ScoringInput(
             proba=proba,
-            committee=learner.committee_proba(X) if "committee" in entry.requires() else None,
+            committee=learner.committee_proba(X) if "committee" in entry.requires(params) else None,
             features=X,
             labeled_features=labeled_X,
             labeled_y=labeled_codes,
@@ -250,12 +266,12 @@ def select(
             seed=seed,
             make_estimator=learner.make_estimator,
         )
-        params: dict[str, Any] = {}
+        derived: dict[str, Any] = {}
         if entry.param("batch_size") is not None:
-            params["batch_size"] = min(depth, len(chosen))
+            derived["batch_size"] = min(depth, len(chosen))
         if entry.param("clusters") is not None:
-            params["clusters"] = clusters  # picks agree with the cluster field Label Studio sees
-        info = strategies.informativeness(entry.name, inp, **params)
+            derived["clusters"] = clusters  # picks agree with the cluster field Label Studio sees
+        info = strategies.informativeness(entry.name, inp, **params, **derived)
     local = strategies.priority_order(info, depth)
     return Selection(
         rows=chosen[local],

@@ -988,6 +988,14 @@ Input = Literal["proba", "committee", "pool"]
 INPUTS: tuple[str, ...] = ("committee", "features", "labeled", "estimator")
 
 
+class ParamError(ValueError):
+    """A strategy parameter is unknown or out of bounds; ``param`` names it (None: several unknown)."""
+
+    def __init__(self, param: str | None, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 @dataclass(frozen=True)
 class Param:
     """One keyword parameter of a strategy: its default, type and bounds (inclusive).
@@ -1010,20 +1018,20 @@ class Param:
         where = f"parameter {self.name!r} of strategy {strategy!r}"
         if self.choices:
             if not isinstance(value, str) or value not in self.choices:
-                raise ValueError(f"{where} must be one of {', '.join(self.choices)}, got {value!r}")
+                raise ParamError(self.name, f"{where} must be one of {', '.join(self.choices)}, got {value!r}")
             return value
         if self.kind is int:
             if isinstance(value, bool) or not isinstance(value, int | np.integer):
-                raise ValueError(f"{where} must be an integer, got {value!r}")
+                raise ParamError(self.name, f"{where} must be an integer, got {value!r}")
         elif self.kind is float:
             if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-                raise ValueError(f"{where} must be a number, got {value!r}")
+                raise ParamError(self.name, f"{where} must be a number, got {value!r}")
             if not math.isfinite(float(value)):
-                raise ValueError(f"{where} must be finite, got {value!r}")
+                raise ParamError(self.name, f"{where} must be finite, got {value!r}")
         else:
             return value  # arrays (clusters): checked by the function that uses them
         if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
-            raise ValueError(f"{where} must be in [{_num(self.low)}, {_num(self.high)}], got {value!r}")
+            raise ParamError(self.name, f"{where} must be in [{_num(self.low)}, {_num(self.high)}], got {value!r}")
         return value
 
     def bounds(self) -> str:
@@ -1090,7 +1098,10 @@ class Strategy:
         accepted = [p.name for p in self.params if p.settable or not settable_only]
         unknown = sorted(set(params) - set(accepted))
         if unknown:
-            raise ValueError(f"unknown parameter(s) {unknown} for strategy {self.name!r}; accepted: {sorted(accepted)}")
+            raise ParamError(
+                unknown[0] if len(unknown) == 1 else None,
+                f"unknown parameter(s) {unknown} for strategy {self.name!r}; accepted: {sorted(accepted)}",
+            )
         out = {}
         for key, value in params.items():
             spec = self.param(key)
@@ -1372,8 +1383,8 @@ def get(name: str) -> Strategy:
 def check_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
     """Validate parameters a project gives for strategy ``name`` (names, types, bounds).
 
-    Parameters the caller derives (``batch_size``, ``clusters``) are refused. Raises ValueError
-    naming the parameter and the accepted values.
+    Parameters the caller derives (``batch_size``, ``clusters``) are refused. Raises
+    :class:`ParamError` naming the parameter and the accepted values.
     """
     return get(name).check_params(dict(params), settable_only=True)
 

@@ -94,7 +94,7 @@ def test_project_config_is_the_per_project_settings_with_their_defaults() -> Non
         "text_features",
         "embedding_model",
     ]
-    assert [f.name for f in fields(ProjectConfig)] == list(PER_PROJECT)
+    assert [f.name for f in fields(ProjectConfig)] == [*PER_PROJECT, "strategy_params"]  # the last: extra params only
     assert ProjectConfig() == ProjectConfig.defaults(Settings())
     custom = Settings.from_env({"AL_QUEUE_DEPTH": "7", "AL_STRATEGY": "margin"})
     assert ProjectConfig.defaults(custom).as_dict() == {
@@ -105,6 +105,7 @@ def test_project_config_is_the_per_project_settings_with_their_defaults() -> Non
         "set_sampling": True,
         "text_features": "tfidf+embedding",
         "embedding_model": "wordllama",
+        "strategy_params": {},
     }
 
 
@@ -119,6 +120,9 @@ def test_project_overrides() -> None:
     cfg = base.with_extra_params({"strategy": "entropy", "queue_depth": "50", "set_sampling": False})
     assert (cfg.strategy, cfg.queue_depth, cfg.set_sampling, cfg.min_labels) == ("entropy", 50, False, 10)
     assert base.with_extra_params(None) is base
+    assert base.strategy_params == {}
+    tuned = base.with_extra_params({"strategy": "default", "strategy_params": {"prefilter": 4, "base": "entropy"}})
+    assert tuned.strategy_params == {"prefilter": 4, "base": "entropy"}  # default resolves to diversity
 
 
 @pytest.mark.parametrize(
@@ -128,6 +132,27 @@ def test_project_overrides() -> None:
         ({"queue_depth": "-3"}, "extra_params.queue_depth", "got -3"),
         ({"colour": "blue"}, "extra_params.colour", "unknown setting"),
         ({"strategy": ["margin"]}, "extra_params.strategy", "expected a scalar"),
+        ({"strategy_params": 2}, "extra_params.strategy_params", "expected a JSON object"),
+        (
+            {"strategy": "density", "strategy_params": {"beta": -1}},
+            "extra_params.strategy_params.beta",
+            "parameter 'beta' of strategy 'density' must be in [0, 100], got -1",
+        ),
+        (
+            {"strategy": "margin", "strategy_params": {"beta": 2}},
+            "extra_params.strategy_params.beta",
+            "unknown parameter(s) ['beta'] for strategy 'margin'; accepted: ['aggregate']",
+        ),
+        (
+            {"strategy": "diversity", "strategy_params": {"batch_size": 5}},
+            "extra_params.strategy_params.batch_size",
+            "accepted: ['aggregate', 'base', 'prefilter']",
+        ),
+        (
+            {"strategy": "kl_divergence", "strategy_params": {"reduce": "median"}},
+            "extra_params.strategy_params.reduce",
+            "must be one of max, mean, got 'median'",
+        ),
     ],
 )
 def test_bad_extra_params(extra: dict, field: str, fragment: str) -> None:

@@ -187,6 +187,26 @@ def test_pool_level_strategies_pick_distinct_tasks(
     assert list(np.diff(sel.informativeness) <= 1e-12) == [True] * 19
 
 
+def test_strategy_params_reach_the_strategy(learner: Learner, sms: tuple[list[str], list[str]]) -> None:
+    pool = sms[0][100:600]
+    X = learner.transform(pool)
+    proba, committee = learner.predict_proba(X), learner.committee_proba(X)
+    mean_kl = strategies.informativeness(
+        "kl_divergence", strategies.ScoringInput(proba=proba, committee=committee), reduce="mean"
+    )
+    sel = selection.select(learner, pool, "kl_divergence", 15, seed=0, multi_label=False, params={"reduce": "mean"})
+    assert sel.rows.tolist() == strategies.priority_order(mean_kl, 15).tolist()
+    preds = selection.predict(learner, SPEC, pool[:5], "kl_divergence", "v", params={"reduce": "mean"})
+    assert [p.score for p in preds] == [float(1.0 - v) for v in mean_kl[:5]]
+    # A pool-level strategy gets its params; the prefilter and /predict's row measure do not.
+    plain = selection.select(learner, pool, "density", 15, seed=0, multi_label=False)
+    tuned = selection.select(learner, pool, "density", 15, seed=0, multi_label=False, params={"beta": 8.0})
+    assert plain.rows.tolist() != tuned.rows.tolist()
+    assert selection.predict(learner, SPEC, pool[:5], "density", "v", params={"beta": 8.0}) == selection.predict(
+        learner, SPEC, pool[:5], "margin", "v"
+    )
+
+
 def test_single_label_strategy_on_multi_label_falls_back_to_the_row_measure() -> None:
     texts = [f"word{i % 7} other{i % 3} text" for i in range(60)]
     labels = [[MULTI.labels[i % 3]] + ([MULTI.labels[3]] if i % 2 else []) for i in range(60)]

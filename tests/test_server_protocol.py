@@ -90,6 +90,14 @@ def test_setup_rejects_unknown_strategy_listing_valid_names(client: TestClient) 
     assert "least_confidence" in body["error"] and "random" in body["error"]
 
 
+def test_setup_checks_strategy_params_against_the_registry(client: TestClient) -> None:
+    extra = {"strategy": "density", "strategy_params": {"beta": 500}}
+    body = assert_error(client.post("/setup", json=setup_body(extra=extra)), 400, "extra_params.strategy_params.beta")
+    assert body["error"].endswith("parameter 'beta' of strategy 'density' must be in [0, 100], got 500")
+    ok = {"strategy": "density", "strategy_params": {"beta": 2.5, "base": "margin"}}
+    assert client.post("/setup", json=setup_body(extra=ok)).status_code == 200
+
+
 @pytest.mark.parametrize("project", ["abc", "-1.5", "1/../../etc", "", "0"])
 def test_setup_rejects_bad_project_ids(client: TestClient, project: str) -> None:
     assert_error(client.post("/setup", json=setup_body(project=project)), 400, "project")

@@ -119,7 +119,8 @@ def predict_tasks(body: PredictRequest, settings: Settings, store: ModelStore, l
     if loaded is None:
         return {"results": [[] for _ in body.tasks]}
     version, learner = loaded
-    predictions = selection.predict(learner, spec, inputs, lookup.config(project).strategy, version)
+    config = lookup.config(project)
+    predictions = selection.predict(learner, spec, inputs, config.strategy, version, params=config.strategy_params)
     results = [p.to_json() for p in predictions]
     return {"results": results, "model_version": version}
 
