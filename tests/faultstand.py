@@ -139,6 +139,13 @@ class FaultStand:
             self.projects[pid] = project
             return list(project.tasks)
 
+    def add_task(self, pid: int, text: str) -> int:
+        """Import one more task into project ``pid`` (as a TASKS_CREATED import would); returns its id."""
+        with self.lock:
+            self._next_task += 1
+            self.projects[pid].tasks[self._next_task] = {"text": text}
+            return self._next_task
+
     def annotate(self, pid: int, task: int, choice: str, from_name: str = "label", to_name: str = "text") -> None:
         with self.lock:
             self._next_ann += 1

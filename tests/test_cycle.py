@@ -6,16 +6,26 @@ Data: the SMS Spam Collection (Almeida, Gómez Hidalgo & Yamakami, ACM DOCENG'11
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from backend import cycle
-from backend.config import ProjectConfig
+from backend import cycle, strategies
+from backend.config import ProjectConfig, Settings
 from backend.labelconfig import parse_label_config
+from backend.labelstudio import LabelStudioClient
 from backend.learner import Learner, TrainingSet
+from backend.pool import PoolCache
+from backend.projectdir import ProjectDir
+from backend.store import ModelStore
 from tests.conftest import DATASETS, REPO
+from tests.faultstand import FaultStand
 
-SPEC = parse_label_config((REPO / "label_config" / "spam.xml").read_text())
+SPAM_XML = (REPO / "label_config" / "spam.xml").read_text()
+SPEC = parse_label_config(SPAM_XML)
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +60,170 @@ def test_cross_validation_reports_both_metrics(sms: tuple[list[str], list[str]])
     assert 0.5 <= metrics["cv_macro_f1"] <= 1.0
     tiny = TrainingSet(["a", "b", "c"], ["spam", "no_spam", "no_spam"], [1, 2, 3])
     assert cycle.cross_validate(SPEC, tiny, seed=0) == {"cv_accuracy": None, "cv_macro_f1": None, "cv_folds": None}
+
+
+# -- run_cycle, score_new_tasks, cleanup_stale, stop_set_agreement, against the Label Studio stand-in
+# (tests/faultstand.py answers as Label Studio 1.23.2 does; the end-to-end tests run the real one).
+
+API_KEY = "cycle-unit-legacy-key-0123456789"
+PID = 7
+DEPTH = 10
+
+
+@pytest.fixture
+def stand() -> Iterator[FaultStand]:
+    with FaultStand(API_KEY) as s:
+        yield s
+
+
+@pytest.fixture
+def deps(stand: FaultStand, tmp_path: Path) -> cycle.CycleDeps:
+    settings = replace(
+        Settings(),
+        model_dir=tmp_path / "models",
+        label_studio_url=stand.url,
+        label_studio_api_key=API_KEY,
+        min_labels=6,
+        queue_depth=DEPTH,
+        ls_retries=0,
+        ls_timeout=5.0,
+        text_features="tfidf",
+    )
+    client = LabelStudioClient(stand.url, API_KEY, timeout=5.0, retries=0)
+    return cycle.CycleDeps(settings, client, ModelStore(settings.model_dir, keep=settings.keep_versions))
+
+
+def sms_project(stand: FaultStand, sms: tuple[list[str], list[str]], n: int = 60) -> tuple[list[int], list[str]]:
+    """A project of n SMS texts on the stand; returns its task ids and their true labels."""
+    texts, y = sms
+    ids = stand.add_project(PID, SPAM_XML, texts[:n])
+    return ids, y[:n]
+
+
+def label(stand: FaultStand, ids: list[int], y: list[str], rows: range) -> None:
+    for i in rows:
+        stand.annotate(PID, ids[i], y[i])
+
+
+def written(stand: FaultStand, version: str) -> list[dict[str, Any]]:
+    return [p for p in stand.projects[PID].predictions if p["model_version"] == version]
+
+
+def first_rows_of_both_classes(y: list[str], n: int) -> range:
+    spam = [i for i, v in enumerate(y) if v == "spam"]
+    assert spam, "the first rows need a spam message"
+    return range(max(n, spam[0] + 1))
+
+
+def test_run_cycle_seeds_a_cold_project_then_trains_and_switches_after_the_write(
+    stand: FaultStand, deps: cycle.CycleDeps, sms: tuple[list[str], list[str]]
+) -> None:
+    ids, y = sms_project(stand, sms)
+    label(stand, ids, y, range(3))
+    cold = cycle.run_cycle(deps, PID)
+    assert cold.status == "cold_start" and cold.version is not None and cold.version.startswith("seed-")
+    assert cold.training_stats["cold_start_reason"] == "3 usable labels < min_labels=6"
+    assert (cold.pool, cold.written, cold.created, cold.dropped) == (57, DEPTH, DEPTH, 0)
+    seed = written(stand, cold.version)
+    assert [p["score"] for p in seed] == [round(r / DEPTH, 6) for r in range(DEPTH)]
+    assert all(p["result"] == [] for p in seed) and {p["task"] for p in seed} <= set(ids[3:])
+    assert stand.project_version(PID) == cold.version
+    assert stand.projects[PID].sampling == "Uncertainty sampling"
+
+    label(stand, ids, y, first_rows_of_both_classes(y, 12))
+    labeled = len(first_rows_of_both_classes(y, 12))
+    report = cycle.run_cycle(deps, PID)
+    assert report.status == "trained" and report.labels == labeled
+    assert report.version == deps.store.current(PID)
+    assert (report.pool, report.written, report.created) == (60 - labeled, DEPTH, DEPTH)
+    preds = written(stand, report.version)
+    assert len(preds) == DEPTH and {p["task"] for p in preds} <= set(ids[labeled:])
+    assert [p["score"] for p in preds] == sorted(p["score"] for p in preds)  # most informative first
+    assert all(p["result"][0]["value"]["choices"][0] in ("spam", "no_spam") for p in preds)
+    assert stand.project_version(PID) == report.version
+    # The switch comes after the last prediction import.
+    order = [(m, path) for m, path, _ in stand.calls if m in ("POST", "PATCH")]
+    assert order[-1] == ("PATCH", f"/api/projects/{PID}/") or order[-1] == ("PATCH", f"/api/projects/{PID}")
+    assert order[-2][0] == "POST" and "import/predictions" in order[-2][1]
+    assert report.pool_uncertainty is not None and 0.0 <= report.pool_uncertainty <= 1.0
+
+
+def test_run_cycle_keeps_the_queue_on_the_old_version_when_predictions_are_dropped(
+    stand: FaultStand, deps: cycle.CycleDeps, sms: tuple[list[str], list[str]]
+) -> None:
+    ids, y = sms_project(stand, sms)
+    label(stand, ids, y, range(3))
+    seed = cycle.run_cycle(deps, PID).version
+    label(stand, ids, y, first_rows_of_both_classes(y, 12))
+    stand.inject("drop", "write", PID, times=1)
+    report = cycle.run_cycle(deps, PID)
+    assert report.status == "partial_write" and report.dropped > 0
+    assert report.created == report.written - report.dropped
+    assert stand.project_version(PID) == seed  # never switched to a half-written order
+
+
+def test_score_new_tasks_writes_the_current_models_predictions_for_new_tasks(
+    stand: FaultStand, deps: cycle.CycleDeps, sms: tuple[list[str], list[str]]
+) -> None:
+    ids, y = sms_project(stand, sms)
+    assert cycle.score_new_tasks(deps, PID, ids[:2]) == {"status": "cold_start", "written": 0}
+    label(stand, ids, y, first_rows_of_both_classes(y, 12))
+    version = cycle.run_cycle(deps, PID).version
+    texts = sms[0][100:103]
+    new = [stand.add_task(PID, t) for t in texts]
+    PoolCache(deps.settings.model_dir, PID).add_tasks(
+        [{"id": i, "data": {"text": t}} for i, t in zip(new, texts, strict=True)]
+    )
+    out = cycle.score_new_tasks(deps, PID, [*new, 999_999])  # an id the pool does not know is skipped
+    assert out == {"status": "scored", "version": version, "written": 3, "created": 3}
+    preds = [p for p in written(stand, version) if p["task"] in new]
+    learner = deps.store.load(PID, Learner.load)[1]  # type: ignore[index]
+    proba = learner.predict_proba(learner.transform(texts))
+    margin = strategies.informativeness("margin", strategies.ScoringInput(proba=proba))  # diversity's row measure
+    assert [p["score"] for p in sorted(preds, key=lambda p: p["task"])] == [float(1 - m) for m in margin]
+    assert all("cluster" not in p for p in preds)
+    assert cycle.score_new_tasks(deps, PID, [999_999]) == {"status": "nothing_to_score", "written": 0}
+
+
+def test_score_new_tasks_waits_until_the_version_is_live(
+    stand: FaultStand, deps: cycle.CycleDeps, sms: tuple[list[str], list[str]]
+) -> None:
+    ids, y = sms_project(stand, sms)
+    learner = Learner(SPEC, seed=0).fit(sms[0][:20], sms[1][:20])
+    deps.store.publish(PID, learner.save, {"n_labels": 20})  # published, never written to Label Studio
+    assert cycle.score_new_tasks(deps, PID, ids[:2]) == {"status": "version_not_live", "written": 0}
+
+
+def test_cleanup_stale_deletes_only_the_old_versions_lsal_wrote(
+    stand: FaultStand, deps: cycle.CycleDeps, sms: tuple[list[str], list[str]]
+) -> None:
+    ids, y = sms_project(stand, sms)
+    label(stand, ids, y, range(3))
+    seed = cycle.run_cycle(deps, PID).version
+    label(stand, ids, y, first_rows_of_both_classes(y, 12))
+    current = cycle.run_cycle(deps, PID).version
+    assert seed is not None and current is not None
+    foreign = {"id": 1, "task": ids[-1], "result": [], "score": 0.5, "model_version": "someone-else"}
+    stand.projects[PID].predictions.append(foreign)
+    assert cycle.cleanup_stale(deps, PID) == {seed: DEPTH}
+    versions = {p["model_version"] for p in stand.projects[PID].predictions}
+    assert versions == {current, "someone-else"}
+    assert ProjectDir(deps.settings.model_dir, PID).written_versions() == [current]
+    assert cycle.cleanup_stale(deps, PID) == {}  # nothing left to delete
+
+
+def test_stop_set_agreement_compares_versions_on_one_fixed_set(
+    deps: cycle.CycleDeps, sms: tuple[list[str], list[str]]
+) -> None:
+    texts, y = sms
+    ids, inputs = list(range(1, 301)), texts[200:500]
+    first = Learner(SPEC, seed=0).fit(texts[:100], y[:100])
+    none_yet = cycle.stop_set_agreement(deps.settings, PID, first, "v1", ids, inputs)
+    assert none_yet == {"kappa": None, "changed": None, "compared": 0}
+    same = cycle.stop_set_agreement(deps.settings, PID, first, "v2", ids, inputs)
+    assert same == {"kappa": 1.0, "changed": 0.0, "compared": 300}
+    # Tasks that left the pool stay in the stop set: the comparison still covers all 300.
+    flipped = Learner(SPEC, seed=0).fit(texts[:100], ["spam" if v == "no_spam" else "no_spam" for v in y[:100]])
+    out = cycle.stop_set_agreement(deps.settings, PID, flipped, "v3", ids[:10], inputs[:10])
+    assert out["compared"] == 300 and out["changed"] is not None and out["changed"] > 0.5
+    assert out["kappa"] is not None and out["kappa"] < 0
