@@ -1,8 +1,9 @@
 """Freshness against a real Label Studio 1.23.2 (issue 7): annotation webhook -> new order live. Prints JSON.
 
-The whole stack is real and local: Label Studio on SQLite (tests/lsharness.py: a copy of a migrated
-data dir, a free port), `lsal serve` and one `lsal worker` (RQ SimpleWorker) as subprocesses, the
-machine's Redis (DB 12, a unique queue name `lsalbench-<hex>`; only its keys are deleted at the end).
+The whole stack is real and local: Label Studio on SQLite or, with ``--db postgresql``, on the
+machine's PostgreSQL (tests/lsharness.py: a copy of a migrated template, a free port), `lsal serve`
+and one `lsal worker` (RQ SimpleWorker) as subprocesses, the machine's Redis (DB 12, a unique queue
+name `lsalbench-<hex>`; only its keys are deleted at the end).
 
 Per run:
 1. create a project (label_config/spam.xml) and import the pool, timed (`import_seconds`);
@@ -24,7 +25,7 @@ Data: the SMS Spam Collection, 5,574 messages (Almeida, Gómez Hidalgo & Yamakam
 UCI ML Repository, CC BY 4.0); `--tasks N` > 5,574 repeats its messages with variation (a word
 dropped, a reference token appended) to build an N-task project.
 
-Usage: python bench/bench_freshness.py [--tasks 5574] [--depths 500,100,2000] [--measure 5]
+Usage: python bench/bench_freshness.py [--db sqlite|postgresql] [--tasks 5574] [--depths 500,100,2000] [--measure 5]
 To measure a patch, copy this file into a worktree with the patch applied and run it there
 (lsal's processes run from the tree the bench file is in; LSAL_SHARED=/work/shared finds the data).
 Progress on stderr, JSON on stdout.
@@ -144,6 +145,7 @@ class Bench:
         args = self.args
         out: dict[str, Any] = {
             "bench": "freshness",
+            "db": args.db,
             "tasks": args.tasks,
             "cpus": os.cpu_count(),
             "load_start": os.getloadavg(),
@@ -155,7 +157,7 @@ class Bench:
             os.environ[key] = value
         out["ls_env"] = list(args.ls_env)
         t = time.perf_counter()
-        template = session_template()
+        template = session_template(args.db)
         self.ls = start_label_studio(template, self.workdir / "ls")
         out["label_studio_start_s"] = round(time.perf_counter() - t, 1)
         _err(f"Label Studio up at {self.ls.url} in {out['label_studio_start_s']} s")
@@ -339,6 +341,7 @@ def forget_rq_entries(conn: Any, prefix: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite", help="Label Studio's database")
     ap.add_argument("--tasks", type=int, default=5574)
     ap.add_argument("--depths", default="500,100,2000", help="queue depths; the first one is measured first")
     ap.add_argument("--measure", type=int, default=5, help="measured annotations per depth")

@@ -633,6 +633,30 @@ TEXT_CHOICES_CONFIG = """<View>
 </View>"""
 
 
+def sign_up_annotator(url: str, email: str) -> str:
+    """Create a user the way a person joins an open-source Label Studio; their legacy API token.
+
+    ``/user/signup/`` (with its CSRF cookie) adds the user to the organization and makes it their
+    active one; ``GET /api/current-user/token`` (session-authenticated) is what the Account page shows.
+    (``POST /api/users/`` by an admin creates a user without an active organization: their token then
+    finds no project.) The password is random and thrown away.
+    """
+    s = requests.Session()
+    s.get(f"{url}/user/signup/", timeout=30).raise_for_status()
+    r = s.post(
+        f"{url}/user/signup/",
+        data={"email": email, "password": secrets.token_urlsafe(12), "csrfmiddlewaretoken": s.cookies["csrftoken"]},
+        headers={"Referer": f"{url}/user/signup/"},
+        allow_redirects=False,
+        timeout=30,
+    )
+    if r.status_code != 302:
+        raise RuntimeError(f"sign-up of {email} answered {r.status_code}, expected a redirect")
+    r = s.get(f"{url}/api/current-user/token", timeout=30)
+    r.raise_for_status()
+    return str(r.json()["token"])
+
+
 def choice_result(value: str, *, from_name: str = "label", to_name: str = "text") -> list[dict[str, Any]]:
     return [{"from_name": from_name, "to_name": to_name, "type": "choices", "value": {"choices": [value]}}]
 
