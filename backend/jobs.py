@@ -130,7 +130,11 @@ class Jobs:
     def project_lock(self, project: int) -> Any:
         """A short-lived lock that its holder keeps alive (backend.worker.held): a SIGKILLed worker's
         lock expires after LOCK_TTL seconds instead of blocking the project for the whole job timeout."""
-        return self.redis.lock(self.key(project, "lock"), timeout=LOCK_TTL, blocking_timeout=self.job_timeout)
+        # thread_local=False: the keep-alive thread extends a lock the cycle's thread acquired (with
+        # redis-py's default thread-local token, reacquire() from that thread raises and the lock lapses).
+        return self.redis.lock(
+            self.key(project, "lock"), timeout=LOCK_TTL, blocking_timeout=self.job_timeout, thread_local=False
+        )
 
     # -- other jobs ----------------------------------------------------------------------------
 

@@ -124,3 +124,18 @@ def test_status_rejects_malformed_ids_and_misses_unknown_ones(jobs: Jobs) -> Non
     with pytest.raises(ValueError, match="32 hex characters, got '../x'"):
         jobs.status("../x")
     assert jobs.status("0" * 32) is None
+
+
+def test_a_held_project_lock_outlives_its_ttl(jobs: Jobs, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The keep-alive thread extends the lock the cycle's thread took, so a long cycle keeps it."""
+    import backend.jobs
+    import backend.worker
+
+    monkeypatch.setattr(backend.jobs, "LOCK_TTL", 0.6)
+    monkeypatch.setattr(backend.worker, "LOCK_TTL", 0.6)
+    lock = jobs.project_lock(7)
+    assert lock.acquire()
+    with backend.worker.held(lock, 7):
+        threading.Event().wait(1.5)  # the body outlasts the TTL 2.5 times over
+        assert lock.owned(), "the project lock lapsed while its cycle ran"
+    assert not jobs.project_lock(7).locked()
