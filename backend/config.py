@@ -262,7 +262,15 @@ class Settings:
         "AL_QUEUE_DEPTH",
         500,
         integer(1),
-        "Predictions written per cycle: the most informative unlabeled tasks",
+        "Most predictions written per cycle: the most informative unlabeled tasks",
+        per_project=True,
+    )
+    queue_floor: int = setting(
+        "AL_QUEUE_FLOOR",
+        50,
+        integer(1),
+        "Fewest predictions written per cycle; between it and AL_QUEUE_DEPTH the depth follows the "
+        "team's labeling rate x cycle time (backend/pace.py). = AL_QUEUE_DEPTH: always that many",
         per_project=True,
     )
     set_sampling: bool = setting(
@@ -398,6 +406,7 @@ class ProjectConfig:
     min_labels: int = _DEFAULTS["min_labels"]
     retrain_every: int = _DEFAULTS["retrain_every"]
     queue_depth: int = _DEFAULTS["queue_depth"]
+    queue_floor: int = _DEFAULTS["queue_floor"]
     set_sampling: bool = _DEFAULTS["set_sampling"]
     text_features: str = _DEFAULTS["text_features"]
     embedding_model: str = _DEFAULTS["embedding_model"]

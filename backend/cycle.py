@@ -26,9 +26,9 @@ import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import KFold, StratifiedKFold
 
-from backend import projects, selection, stopping, strategies
+from backend import pace, projects, selection, stopping, strategies
 from backend.config import ProjectConfig, Settings
-from backend.cycle_log import record_cycle
+from backend.cycle_log import cycle_history, record_cycle
 from backend.labelconfig import TaskSpec, parse_label_config, task_input
 from backend.labelstudio import LabelStudioClient
 from backend.learner import Learner, TrainingSet, training_set
@@ -69,6 +69,8 @@ class CycleReport:
     label_counts: dict[str, int] = field(default_factory=dict)
     metrics: dict[str, float | None] = field(default_factory=dict)
     pool: int = 0
+    depth: int = 0  # the slice asked for this cycle (backend/pace.py); written is what was sent
+    pace: dict[str, float] | None = None
     written: int = 0
     created: int = 0
     dropped: int = 0
@@ -165,6 +167,22 @@ def cross_validate(
 # -- the cycle -----------------------------------------------------------------------------------
 
 
+#: cycle log entries read to measure the team's pace (covers pace.WINDOW_S at a cycle per 1.5 s)
+PACE_HISTORY = 200
+
+
+def slice_depth(
+    deps: CycleDeps, project: int, config: ProjectConfig, labels: int, now: float | None = None
+) -> tuple[int, dict[str, float] | None]:
+    """How many predictions this cycle writes: the team's pace (backend/pace.py) within
+    [AL_QUEUE_FLOOR, AL_QUEUE_DEPTH], and the pace it was computed from (None: no cycle log yet).
+    ``now`` is the epoch time the pace is measured at (default: the clock)."""
+    history = cycle_history(deps.settings.model_dir, project, last=PACE_HISTORY)
+    observed = pace.observed_pace(history, labels, time.time() if now is None else now)
+    depth = pace.slice_depth(config.queue_depth, min(config.queue_floor, config.queue_depth), observed)
+    return depth, observed.as_dict() if observed is not None else None
+
+
 def run_cycle(deps: CycleDeps, project: int) -> CycleReport:
     """One active-learning cycle for ``project`` (the worker's job; stages in the module docstring).
 
@@ -183,6 +201,7 @@ def run_cycle(deps: CycleDeps, project: int) -> CycleReport:
     with _stage(report, progress, "read_pool"):
         ids, inputs = unlabeled_pool(deps, project, spec, xml, done)
     report.labels = len(ts.y)
+    report.depth, report.pace = slice_depth(deps, project, config, report.labels)
     report.training_stats = ts.stats
     report.label_counts = dict(ts.stats.get("label_counts", {}))
 
@@ -292,7 +311,7 @@ def _score_and_write(
         report.status = "no_pool"
         _switch(deps, project, config, report.version, report)
         return
-    depth = min(config.queue_depth, len(ids))
+    depth = min(report.depth or config.queue_depth, len(ids))
     with _stage(report, progress, "score"):
         chosen = selection.select(
             learner,
@@ -364,7 +383,7 @@ def _seed_order(
     if len(ids) == 0:
         return
     with _stage(report, deps.progress, "seed_order"):
-        order = selection.seed_order(spec, inputs, config.queue_depth, deps.settings.seed)
+        order = selection.seed_order(spec, inputs, report.depth or config.queue_depth, deps.settings.seed)
     version = f"seed-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
     report.version = version
     _write(deps, project, report, order.predictions(spec, ids, version))
