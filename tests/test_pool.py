@@ -108,6 +108,13 @@ class _Payload:
 
 
 def test_a_snapshot_with_a_pickled_member_is_not_executed(tmp_path: Path) -> None:
+    """Fault: a pool snapshot in MODEL_DIR replaced by one whose members are pickles that run a command
+        on load (an npz with object arrays; a bare pickle under the snapshot's name)
+    Done: PoolCache.load() on each, then the same payload unpickled directly as a check that it runs
+    Expected: load() answers None (the next cycle reads the pool from Label Studio); the command does not
+        run (numpy's allow_pickle=False refuses both)
+    Observed: as expected
+    """
     marker = tmp_path / "pwned"
     cache = PoolCache(tmp_path, 1)
     cache.save(PoolSnapshot({1: {"text": "a"}}, synced_at=1.0, config_hash="h"))
@@ -126,6 +133,11 @@ def test_a_snapshot_with_a_pickled_member_is_not_executed(tmp_path: Path) -> Non
 
 
 def test_the_pickled_snapshot_of_earlier_releases_is_removed_unread(tmp_path: Path) -> None:
+    """Fault: an earlier release's pickled snapshot (snapshot.pkl) carrying a payload that runs a command
+    Done: PoolCache.load() on a project directory holding it
+    Expected: the file is deleted without being read; the command does not run; load() answers None
+    Observed: as expected
+    """
     marker = tmp_path / "pwned"
     cache = PoolCache(tmp_path, 1)
     cache.dir.mkdir(parents=True)
@@ -192,6 +204,11 @@ PoolCache(root, 1).save(PoolSnapshot({i: {"text": str(i)} for i in range(1000)},
 
 
 def test_sigkill_mid_save_keeps_the_old_snapshot_and_the_next_open_removes_the_temp_file(tmp_path: Path) -> None:
+    """Fault: the process saving the pool snapshot is SIGKILLed after writing the new snapshot, before the rename
+    Done: a real subprocess saves a 1,000-task snapshot and is killed at the rename; then a cycle's load()
+    Expected: the old snapshot is loaded intact; the killed writer's temporary file is removed by that load
+    Observed: as expected
+    """
     cache = PoolCache(tmp_path, 1)
     cache.save(PoolSnapshot({1: {"text": "old"}}, synced_at=1.0, config_hash="old"))
     ready = tmp_path / "ready"
@@ -212,7 +229,12 @@ def test_sigkill_mid_save_keeps_the_old_snapshot_and_the_next_open_removes_the_t
 
 
 def test_two_compacting_writers_lose_no_event(tmp_path: Path) -> None:
-    """A cycle that outlived its project lock saves after another one rotated the log."""
+    """Fault: two cycles compact the same pool (one outlived its project lock): both load, one saves and
+        rotates the event log, new events arrive, the other saves
+    Done: two PoolCache instances on one directory, interleaved with TASKS_CREATED appends
+    Expected: every event survives (the second save sees the log was rotated and keeps all of it)
+    Observed: as expected
+    """
     PoolCache(tmp_path, 1).save(PoolSnapshot({}, synced_at=1.0, config_hash="h"))
     webhook = PoolCache(tmp_path, 1)
     webhook.add_tasks([{"id": 1, "data": {}}])
@@ -254,3 +276,43 @@ def test_sync_reads_in_full_only_when_due_and_writes_only_what_changed(tmp_path:
     assert (len(reads), sorted(snap.data)) == (2, [1, 2])
     snap = PoolCache(tmp_path, 1).sync("<View></View>", 0, read_all)  # reconcile due
     assert len(reads) == 3
+
+
+def test_snapshot_and_event_log_are_fsynced_with_their_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault: a power cut after a pool save or an event append (the write reached only the page cache)
+    Done: os.fsync spied (and still called) during add_tasks, the first save and a save that drops
+        folded events
+    Expected: the event log is fsynced on every append and the pool directory when the log is created;
+        the snapshot's temp file before its rename and the directory after it; the rewritten log likewise
+    Observed: as expected
+    """
+    from backend import projectdir
+
+    calls: list[str] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        calls.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(projectdir.os, "fsync", spy)
+    cache = PoolCache(tmp_path, 1)
+    pool = str(cache.dir)
+    cache.add_tasks([{"id": 1, "data": {}}])
+    assert calls == [str(cache.events_path), pool]
+    calls.clear()
+    cache.save(PoolSnapshot({1: {}}, synced_at=1.0, config_hash="h"))
+    assert [Path(c).name.startswith(".tmp-") for c in calls] == [True, False]
+    assert calls[1] == pool
+    calls.clear()
+    loaded = cache.load()
+    assert loaded is not None
+    cache.add_tasks([{"id": 2, "data": {}}])
+    calls.clear()
+    cache.save(loaded)  # event 1 is in the snapshot now: the log is rewritten with event 2 only
+    names = [Path(c).name for c in calls]
+    assert names[0].startswith(".tmp-") and calls[1] == pool  # the snapshot
+    assert names[2].startswith(".tmp-") and calls[3] == pool  # the rewritten event log
+    assert len(calls) == 4

@@ -56,6 +56,11 @@ def test_project_ids_are_validated(tmp_path: Path, bad: object) -> None:
 
 
 def test_model_dir_and_project_dirs_are_private(tmp_path: Path) -> None:
+    """Fault: MODEL_DIR and its project files readable by every local user (created 0755/0644)
+    Done: a project directory opened under a MODEL_DIR that does not exist yet; a JSON file and a log written
+    Expected: MODEL_DIR, its missing parents and the project directory are created 0700, files 0600
+    Observed: as expected
+    """
     model_dir = tmp_path / "a" / "models"
     pdir = ProjectDir(model_dir, 3).open()
     write_json(pdir.project_json, {"x": 1})
@@ -136,6 +141,11 @@ def test_append_fsyncs_the_file_and_the_directory_when_it_creates_it(
 
 
 def test_a_torn_last_line_is_ignored_and_terminated_by_the_next_append(tmp_path: Path) -> None:
+    """Fault: a writer killed mid-append leaves a torn last line in a JSON-lines log
+    Done: half a line appended by hand, then the log read, then a normal append
+    Expected: the torn line is skipped on read; the next append starts on a new line and parses
+    Observed: as expected
+    """
     log = tmp_path / "log.jsonl"
     append_line(log, b'{"n":1}')
     with open(log, "ab") as f:
@@ -165,6 +175,13 @@ with atomic_file(target) as f:
 
 
 def test_sigkill_mid_write_leaves_the_old_file_and_the_next_open_removes_the_temp_file(tmp_path: Path) -> None:
+    """Fault: a process replacing a file in a project directory is SIGKILLed between writing and renaming
+    Done: a real subprocess writes project.json through atomic_file and is killed; the directory is
+        opened while it lives and after it died
+    Expected: while the writer lives its temp file stays; after the kill the old content is intact and
+        the next open removes the temp file
+    Observed: as expected
+    """
     pdir = ProjectDir(tmp_path, 1).open()
     write_json(pdir.project_json, {"v": "old"})
     ready = tmp_path / "ready"
