@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import scipy.sparse as sp
@@ -42,6 +42,37 @@ MIN_CANDIDATES = 2000
 
 def _no_progress(stage: str, done: int = 0, total: int = 0) -> None:
     pass
+
+
+class Scorer(Protocol):
+    """What selection scores with: the built-in :class:`~backend.learner.Learner`, or any model made
+    Learner-shaped (``backend.models.scorer``). Features come from ``transform`` once per chunk;
+    probabilities, the committee and labels are read from them."""
+
+    @property
+    def classes_(self) -> tuple[str, ...]:
+        """Class labels in the column order of ``predict_proba``."""
+        ...
+
+    def transform(self, inputs: Sequence[Any]) -> Any:
+        """Features of ``inputs``, one row each (dense or CSR)."""
+        ...
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """``(n, k)`` probabilities (multi-label: ``(n, L)`` per-label P(positive))."""
+        ...
+
+    def committee_proba(self, X: Any) -> np.ndarray:
+        """``(m, n, k)`` committee member probabilities."""
+        ...
+
+    def predict_labels(self, proba: np.ndarray) -> list[list[str]]:
+        """Predicted labels per row from its probabilities."""
+        ...
+
+    def make_estimator(self) -> Any:
+        """An unfitted estimator on ``transform``'s features (expected_error, variance_reduction)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -104,7 +135,7 @@ class Selection:
 
 
 def score_features(
-    learner: Learner,
+    learner: Scorer,
     X: Any,
     name: str,
     *,
@@ -131,7 +162,7 @@ def score_features(
 
 
 def predict(
-    learner: Learner,
+    learner: Scorer,
     spec: TaskSpec,
     inputs: Sequence[Any],
     strategy: str,
@@ -176,7 +207,7 @@ def _vstack(parts: list[Any]) -> Any:
 
 
 def _labeled(
-    learner: Learner, labeled_inputs: Sequence[Any], labeled_y: Sequence[Any]
+    learner: Scorer, labeled_inputs: Sequence[Any], labeled_y: Sequence[Any]
 ) -> tuple[Any | None, np.ndarray | None]:
     """Features and class codes of the labeled rows whose label the model knows."""
     # Codes by position in classes_: sorted codes are then exactly proba's column order.
@@ -187,7 +218,7 @@ def _labeled(
 
 
 def select(
-    learner: Learner,
+    learner: Scorer,
     inputs: Sequence[Any],
     strategy: str,
     depth: int,
