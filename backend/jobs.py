@@ -9,6 +9,9 @@ before its job is enqueued, so for ENQUEUE_GRACE seconds a marker whose job is n
 joined, not taken for a leftover (a burst of events would otherwise queue several). A per-project
 Redis lock keeps two workers from running the same project at once, so at most one cycle runs.
 
+TASKS_CREATED / TASKS_DELETED are hints (DESIGN.md principle 7): the ids go into two bounded Redis
+sets and one task job per project (coalesced the same way) reads those tasks from Label Studio.
+
 Jobs are stored as JSON (rq's JSONSerializer), never pickled: whoever can write to Redis can at
 most name one of the JOB_FUNCS with JSON arguments, which the worker checks before it imports
 anything (backend.worker.LsalWorker). Everything that reads a job passes SERIALIZER.
@@ -22,7 +25,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +41,12 @@ JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 CYCLE_FUNC = "backend.worker.cycle_job"
 SCORE_NEW_FUNC = "backend.worker.score_new_tasks_job"
 CLEANUP_FUNC = "backend.worker.cleanup_job"
+#: per-project marker keys naming the queued cycle / task job (coalescing: at most one queued each)
+CYCLE_MARKER = "queued"
+TASKS_MARKER = "tasks_queued"
+#: task ids remembered per project between two task jobs; beyond it they are dropped and the next
+#: cycle reads the whole pool from Label Studio (the source of truth) instead
+MAX_TASK_HINTS = 100_000
 #: the only functions a worker runs; a job naming anything else fails without being imported
 JOB_FUNCS = frozenset({CYCLE_FUNC, SCORE_NEW_FUNC, CLEANUP_FUNC})
 #: how every job, its meta and its result are stored in Redis: JSON, which cannot execute code on load
@@ -59,6 +68,15 @@ _CLEAR_IF_OURS = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
+
+
+@dataclass(frozen=True)
+class TaskHints:
+    """Task ids that webhooks said were created or deleted (hints: Label Studio has the data)."""
+
+    created: frozenset[int]
+    deleted: frozenset[int]
+    overflow: bool  # more ids than MAX_TASK_HINTS arrived: read the whole pool again instead
 
 
 @dataclass(frozen=True)
@@ -85,26 +103,50 @@ class Jobs:
 
     def request_cycle(self, project: int, reason: str) -> Enqueued:
         """Queue a cycle for `project` unless one is already queued (then join it)."""
-        marker = self.key(project, "queued")
+        enq = self._request(
+            project,
+            CYCLE_MARKER,
+            CYCLE_FUNC,
+            (project, reason),
+            description=f"cycle project={project} reason={reason}",
+            meta={"project": project, "kind": "cycle", "reason": reason, "stage": "queued"},
+            result_ttl=7 * 86400,
+        )
+        if enq.created:
+            self.redis.delete(self.key(project, "pending"))
+        return enq
+
+    def _request(
+        self,
+        project: int,
+        marker_name: str,
+        func: str,
+        args: tuple[Any, ...],
+        *,
+        description: str,
+        meta: dict[str, Any],
+        result_ttl: int,
+    ) -> Enqueued:
+        """Queue `func(*args)` unless the job named by the project's `marker_name` still waits."""
+        marker = self.key(project, marker_name)
         for _ in range(3):
             job_id = uuid.uuid4().hex
             if self.redis.set(marker, job_id, nx=True, ex=self.marker_ttl):
                 try:
                     self.queue.enqueue_call(
-                        CYCLE_FUNC,
-                        args=(project, reason),
+                        func,
+                        args=args,
                         job_id=job_id,
                         timeout=self.job_timeout,
-                        result_ttl=7 * 86400,
+                        result_ttl=result_ttl,
                         failure_ttl=7 * 86400,
-                        description=f"cycle project={project} reason={reason}",
-                        meta={"project": project, "kind": "cycle", "reason": reason, "stage": "queued"},
+                        description=description,
+                        meta=meta,
                         retry=Retry(max=3, interval=[5, 30, 120]),
                     )
                 except Exception:
                     self.redis.eval(_CLEAR_IF_OURS, 1, marker, job_id)
                     raise
-                self.redis.delete(self.key(project, "pending"))
                 return Enqueued(job_id, True)
             existing = self.redis.get(marker)
             if existing is None:
@@ -114,7 +156,61 @@ class Jobs:
                 return Enqueued(existing_id, False)
             # A marker left behind by a job that no longer waits (its worker died before clearing it).
             self.redis.eval(_CLEAR_IF_OURS, 1, marker, existing_id)
-        raise RuntimeError(f"could not queue a cycle for project {project}: the queued marker kept changing")
+        raise RuntimeError(f"could not queue a {meta.get('kind')} job for project {project}: the marker kept changing")
+
+    # -- task hints ----------------------------------------------------------------------------
+
+    def note_tasks(self, project: int, created: Iterable[int], deleted: Iterable[int]) -> Enqueued:
+        """TASKS_CREATED / TASKS_DELETED as hints: remember which task ids changed (at most
+        MAX_TASK_HINTS per project) and queue one task job per project, which reads those tasks
+        from Label Studio (backend.worker.score_new_tasks_job). Events coalesce: a burst of them
+        costs one job. Past the bound the ids are dropped and the pool is marked for a full read."""
+        created, deleted = [int(i) for i in created], [int(i) for i in deleted]
+        keys = [self.key(project, n) for n in ("tasks_created", "tasks_deleted", "tasks_overflow")]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.scard(keys[0])
+        pipe.scard(keys[1])
+        held = sum(int(n) for n in pipe.execute())
+        pipe = self.redis.pipeline(transaction=True)
+        if held + len(created) + len(deleted) > MAX_TASK_HINTS:
+            pipe.set(keys[2], 1, ex=self.marker_ttl)
+        else:
+            for key, ids in ((keys[0], created), (keys[1], deleted)):
+                if ids:
+                    pipe.sadd(key, *ids)
+                    pipe.expire(key, self.marker_ttl)
+        pipe.execute()
+        return self._request(
+            project,
+            TASKS_MARKER,
+            SCORE_NEW_FUNC,
+            (project,),
+            description=f"tasks project={project}",
+            meta={"project": project, "kind": "tasks", "stage": "queued"},
+            result_ttl=86400,
+        )
+
+    def take_task_hints(self, project: int) -> TaskHints:
+        """Take (read and clear) the task ids hinted since the last task job, atomically."""
+        keys = [self.key(project, n) for n in ("tasks_created", "tasks_deleted", "tasks_overflow")]
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.smembers(keys[0])
+        pipe.smembers(keys[1])
+        pipe.get(keys[2])
+        pipe.delete(*keys)
+        created, deleted, overflow, _ = pipe.execute()
+        return TaskHints(
+            created=frozenset(int(i) for i in created),
+            deleted=frozenset(int(i) for i in deleted),
+            overflow=overflow is not None,
+        )
+
+    def forget_project(self, project: int) -> int:
+        """Remove every per-project key (markers, counters, hints) of a project Label Studio does not
+        know: a deleted project leaves nothing behind. The lock is left to expire (its holder may be
+        the caller). Returns how many keys were removed."""
+        names = (CYCLE_MARKER, TASKS_MARKER, "pending", "tasks_created", "tasks_deleted", "tasks_overflow")
+        return int(self.redis.delete(*(self.key(project, n) for n in names)))
 
     def note_annotations(self, project: int, count: int, every: int) -> Enqueued | None:
         """Count new annotations; start a cycle once `every` have arrived since the last one."""
@@ -123,9 +219,9 @@ class Jobs:
             return self.request_cycle(project, "annotations")
         return None
 
-    def claim(self, project: int, job_id: str) -> None:
-        """Called by the worker when a cycle starts: later events queue a follow-up."""
-        self.redis.eval(_CLEAR_IF_OURS, 1, self.key(project, "queued"), job_id)
+    def claim(self, project: int, job_id: str, marker_name: str = "queued") -> None:
+        """Called by the worker when a job starts: later events queue a follow-up."""
+        self.redis.eval(_CLEAR_IF_OURS, 1, self.key(project, marker_name), job_id)
 
     def project_lock(self, project: int) -> Any:
         """A short-lived lock that its holder keeps alive (backend.worker.held): a SIGKILLed worker's

@@ -172,6 +172,16 @@ def record_cycle_failure(connection: redis.Redis, queue_name: str, project: int,
     return True
 
 
+def forget_metrics(connection: redis.Redis, queue_name: str, project: int) -> None:
+    """Drop a project's series (last cycle, last failure): a project Label Studio no longer knows
+    must not keep a /metrics series forever."""
+    keys = RedisKeys(queue_name)
+    pipe = connection.pipeline(transaction=False)
+    pipe.hdel(keys.last_cycle, str(int(project)))
+    pipe.hdel(keys.last_failure, str(int(project)))
+    pipe.execute()
+
+
 # -- server side: the scrape-time collector --------------------------------------------------
 
 

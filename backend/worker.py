@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any
@@ -20,11 +22,14 @@ from rq import Queue, SimpleWorker, get_current_job
 from rq.job import Job
 from threadpoolctl import threadpool_limits
 
+from backend import projects
 from backend.config import Settings
 from backend.cycle import CycleDeps, cleanup_stale, run_cycle, score_new_tasks
-from backend.jobs import CLEANUP_FUNC, JOB_FUNCS, LOCK_TTL, SERIALIZER, Jobs, progress_reporter
+from backend.jobs import CLEANUP_FUNC, JOB_FUNCS, LOCK_TTL, SERIALIZER, TASKS_MARKER, Jobs, progress_reporter
 from backend.labelstudio import LabelStudioClient, LabelStudioError
-from backend.metrics import record_cycle, record_cycle_failure
+from backend.metrics import forget_metrics, record_cycle, record_cycle_failure
+from backend.pool import PoolCache
+from backend.projectdir import ProjectDir
 from backend.store import ModelStore
 
 log = logging.getLogger("lsal.worker")
@@ -48,26 +53,72 @@ def _context(job: Job) -> tuple[Settings, Jobs, CycleDeps]:
     return settings, jobs, deps
 
 
+class LockLost(RuntimeError):
+    """The project lock expired or passed to another worker: this job must not write anything more."""
+
+
+class Fence:
+    """Whether this process still holds the project lock, checked before every write.
+
+    `check()` extends the lock (one Redis round trip) and raises LockLost if it is no longer ours,
+    or if the keep-alive already found it lost: a cycle that lost its lock (a long pause, Redis
+    restarted, the lock expired and another worker took the project) stops at its next stage
+    instead of writing over the other worker's pool, model versions and predictions.
+    """
+
+    def __init__(self, lock: Any, project: int) -> None:
+        self.lock = lock
+        self.project = project
+        self.lost = False
+
+    def check(self) -> None:
+        if not self.lost:
+            try:
+                self.lock.reacquire()
+                return
+            except (redis.RedisError, redis.exceptions.LockError):
+                self.lost = True
+        raise LockLost(f"project {self.project}: the project lock was lost; stopping before any further write")
+
+
+def fenced(progress: Callable[[str, int, int], None], fence: Fence) -> Callable[[str, int, int], None]:
+    """A progress callback that checks the fence first: the cycle reports progress at the start of
+    every stage (reading the pool, publish, stability, each written chunk, the switch), so it stops
+    before the stage's writes once the lock is gone."""
+
+    def report(stage: str, done: int = 0, total: int = 0) -> None:
+        fence.check()
+        progress(stage, done, total)
+
+    return report
+
+
 @contextlib.contextmanager
-def held(lock: Any, project: int) -> Iterator[None]:
-    """Keep an acquired project lock alive while the body runs, then release it.
+def held(lock: Any, project: int) -> Iterator[Fence]:
+    """Keep an acquired project lock alive while the body runs, then release it; yield its Fence.
 
     The lock's TTL is short (LOCK_TTL): if this process dies (SIGKILL, OOM, machine loss) the lock
-    expires within LOCK_TTL seconds and the project's next cycle can run.
+    expires within LOCK_TTL seconds and the project's next cycle can run. A keep-alive that finds
+    the lock taken by someone else marks the fence lost.
     """
     stop = threading.Event()
+    fence = Fence(lock, project)
 
     def keep_alive() -> None:
         while not stop.wait(LOCK_TTL / 3):
             try:
                 lock.reacquire()
+            except redis.exceptions.LockNotOwnedError:
+                fence.lost = True
+                log.warning("project=%s the project lock was taken over: this job stops before its next write", project)
+                return
             except (redis.RedisError, redis.exceptions.LockError) as exc:
                 log.warning("project=%s could not extend the project lock: %s", project, type(exc).__name__)
 
     thread = threading.Thread(target=keep_alive, name=f"lock-keepalive-{project}", daemon=True)
     thread.start()
     try:
-        yield
+        yield fence
     finally:
         stop.set()
         thread.join()
@@ -75,6 +126,27 @@ def held(lock: Any, project: int) -> Iterator[None]:
             lock.release()
         except (redis.RedisError, redis.exceptions.LockError):
             log.warning("project=%s lock expired or Redis unavailable at release", project)
+
+
+def forget_unknown_project(deps: CycleDeps, jobs: Jobs, project: int) -> bool:
+    """If Label Studio does not know `project` (404), remove what lsal keeps for it and say so.
+
+    Removed: its Redis keys (markers, counters, task hints), its metric series, its setup record
+    and its pool cache, so a deleted (or made-up) project costs nothing from here on. Model
+    versions stay: they are the admin's to delete (`MODEL_DIR/<project>/`)."""
+    try:
+        deps.client.get_project(project)
+        return False
+    except LabelStudioError as exc:
+        if exc.status != 404:
+            return False
+    jobs.forget_project(project)
+    forget_metrics(jobs.redis, jobs.queue_name, project)
+    pdir = ProjectDir(deps.settings.model_dir, project)
+    pdir.project_json.unlink(missing_ok=True)
+    shutil.rmtree(pdir.pool, ignore_errors=True)
+    log.info("project=%s is unknown to Label Studio: its queue state, metrics, setup and pool were removed", project)
+    return True
 
 
 def _fail(job: Job, message: str) -> None:
@@ -96,9 +168,11 @@ def cycle_job(project: int, reason: str) -> dict[str, Any]:
         # One BLAS/OpenMP thread: k-means and the fits are small, and on a 2-core machine shared
         # with Label Studio a thread team costs far more in contention than it gains (measured:
         # cluster_ids 0.8 s with the default team under load, 0.02 s with one thread).
-        with held(lock, project), threadpool_limits(1):
-            report = run_cycle(deps, project)
+        with held(lock, project) as fence, threadpool_limits(1):
+            report = run_cycle(replace(deps, progress=fenced(deps.progress, fence)), project)
     except LabelStudioError as exc:
+        if exc.status == 404 and forget_unknown_project(deps, jobs, project):
+            return {"status": "unknown_project", "project": project, "reason": reason}
         _fail(job, f"Label Studio: {exc}")
         record_cycle_failure(job.connection, settings.queue_name, project)
         raise
@@ -127,12 +201,43 @@ def cleanup_job(project: int) -> dict[str, int]:
         return cleanup_stale(deps, project)
 
 
-def score_new_tasks_job(project: int, task_ids: list[int]) -> dict[str, object]:
-    """TASKS_CREATED: score just the new tasks with the current model (no retrain)."""
+def score_new_tasks_job(project: int) -> dict[str, object]:
+    """TASKS_CREATED / TASKS_DELETED: apply the hinted task ids, with data read from Label Studio.
+
+    The webhook only said which ids changed (Jobs.note_tasks). Here the tasks are read from Label
+    Studio in bulk by id: those it returns enter the pool with *its* data and new ones are scored
+    with the current model (no retrain); an id it does not return is dropped from the pool (never
+    written anywhere). Nothing from the webhook's body is stored, scored or written.
+    """
     job = get_current_job()
     assert job is not None
-    _, _, deps = _context(job)
-    return score_new_tasks(deps, project, task_ids)
+    settings, jobs, deps = _context(job)
+    jobs.claim(project, job.id, TASKS_MARKER)  # from here on, new hints queue a follow-up job
+    hints = jobs.take_task_hints(project)
+    if projects.load(settings.model_dir, project) is None:
+        return {"status": "not_set_up", "written": 0}
+    cache = PoolCache(settings.model_dir, project)
+    if hints.overflow:
+        # More hints than we keep: the next cycle reads the whole pool from Label Studio instead.
+        cache.snapshot_path.unlink(missing_ok=True)
+        return {"status": "pool_reread", "written": 0}
+    asked = hints.created | hints.deleted
+    try:
+        present = deps.client.tasks_by_id(project, asked)
+    except LabelStudioError as exc:
+        if exc.status == 404 and forget_unknown_project(deps, jobs, project):
+            return {"status": "unknown_project", "written": 0}
+        raise
+    gone = sorted(asked - present.keys())
+    if cache.snapshot_path.exists():  # without a pool the first cycle reads it whole
+        cache.delete_tasks(gone)
+        cache.add_tasks({"id": i, "data": present[i]} for i in sorted(present))
+    fresh = sorted(i for i in hints.created if i in present)
+    result: dict[str, object] = {"status": "nothing_to_score", "written": 0}
+    if fresh:
+        result = dict(score_new_tasks(deps, project, fresh))
+    result.update(hinted=len(asked), present=len(present), dropped=len(gone))
+    return result
 
 
 REFUSED_FUNC = "backend.worker.refused_job"

@@ -347,6 +347,12 @@ class FaultStand:
         if p is None:
             return 404, ls_error(404, "Not found.")
         ids = sorted(p.tasks)
+        # A Data Manager selection (`query={"selectedItems": {"all": false, "included": [...]}}`)
+        # narrows the list to those ids of this project, as Label Studio's prepared queryset does.
+        selected = json.loads(query.get("query", ["{}"])[0] or "{}").get("selectedItems") or {}
+        if selected.get("all") is False and selected.get("included"):
+            wanted = {int(i) for i in selected["included"]}
+            ids = [t for t in ids if t in wanted]
         start = (page - 1) * size
         if page < 1 or (start >= len(ids) and page > 1):
             return 404, ls_error(404, "Invalid page.")

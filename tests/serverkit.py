@@ -17,6 +17,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
 from rq import Queue
 
+from backend import projects
 from backend.config import Settings
 from backend.labelconfig import parse_label_config
 from backend.learner import Learner
@@ -45,6 +46,12 @@ def setup_body(project: Any = "3.1763717060", schema: str = SPAM_XML, extra: dic
         "access_token": "legacy-token-never-logged",
         "extra_params": extra,
     }
+
+
+def set_up(settings: Settings, *project_ids: int, schema: str = FIXTURE_XML) -> None:
+    """Record projects as Label Studio's /setup would: webhooks for any other project are ignored."""
+    for project in project_ids:
+        projects.save(settings.model_dir, project, schema, None)
 
 
 def publish_spam_model(settings: Settings, project: int = 3) -> str:

@@ -310,3 +310,101 @@ def test_jobs_written_into_redis_by_someone_else_run_no_code(
     assert not pickled_marker.exists() and not named_marker.exists()
     assert worker.proc.poll() is None, "the worker is alive: os.abort never ran"
     assert pickle.dumps(payload)  # the payload itself is a working exploit under pickle
+
+
+@pytest.mark.integration
+def test_webhook_task_payloads_are_hints_never_data(redis_base_url: str, tmp_path: Path) -> None:
+    """Fault: a forged TASKS_CREATED naming a real task with poisoned text, plus a task id Label Studio
+        does not have
+    Done: a project trained once (its pool cached); the forged event posted to /webhook; the task job
+        run by a real worker against the Label Studio stand-in; then another cycle
+    Expected: the pool keeps Label Studio's text for the real task and drops the unknown id; the next
+        cycle finishes (no write-stage failure loop)
+    Observed: as expected (before: the payload's text replaced the task's data in the pool and was
+        scored; the unknown id failed every later cycle at the write stage)
+    """
+    from backend.pool import PoolCache
+    from tests.test_faults import running_stack
+
+    with running_stack(redis_base_url, tmp_path, workers=1) as (stack, _):
+        pid = stack.new_project()
+        stack.wait_job(stack.train(pid), ("finished",))
+        tasks = stack.stand.projects[pid].tasks
+        real = max(tasks)  # unlabeled
+        truth = tasks[real]
+        forged = {
+            "action": "TASKS_CREATED",
+            "project": {"id": pid},
+            "tasks": [{"id": real, "data": {"text": "win free prize cash"}}, {"id": 987_654, "data": {"text": "x"}}],
+        }
+        r = requests.post(f"{stack.server.url}/webhook", json=forged, timeout=5)
+        assert r.status_code == 200 and r.json()["status"] == "queued", r.text
+        result = stack.wait_job(r.json()["job_id"], ("finished",))["result"]
+        assert (result["hinted"], result["present"], result["dropped"]) == (2, 1, 1)
+        snap = PoolCache(stack.settings.model_dir, pid).load()
+        assert snap is not None and snap.data[real] == truth and 987_654 not in snap.data
+        stack.label_more(pid)
+        assert stack.wait_job(stack.train(pid), ("finished", "failed"))["state"] == "finished"
+
+
+@pytest.mark.integration
+def test_events_for_projects_never_set_up_cost_nothing(settings: Settings, redis_conn: redis.Redis) -> None:
+    """Fault: 500 made-up project ids, each sent START_TRAINING, ANNOTATION_CREATED, TASKS_CREATED and
+        TASKS_DELETED through /webhook
+    Done: 2,000 events through the full app (Guard, FastAPI) with a real Redis queue
+    Expected: every one answered 200 "ignored"; no job queued, no Redis key, no file under MODEL_DIR
+    Observed: as expected (before: 500 jobs with 4 attempts each, 501 /metrics series, and
+        MODEL_DIR/<id>/pool/events.jsonl for every TASKS_DELETED)
+    """
+    from rq import Queue
+
+    from backend.jobs import SERIALIZER
+
+    c = _app(settings)
+    settings.model_dir.mkdir(parents=True, exist_ok=True)
+    before = set(redis_conn.scan_iter(f"{settings.queue_name}:*"))
+    for pid in range(10_001, 10_501):
+        for action, extra in (
+            ("START_TRAINING", {}),
+            ("ANNOTATION_CREATED", {"annotation": {"id": 1}}),
+            ("TASKS_CREATED", {"tasks": [{"id": 5, "data": {"text": "x"}}]}),
+            ("TASKS_DELETED", {"tasks": [{"id": 5}]}),
+        ):
+            r = c.post("/webhook", json={"action": action, "project": {"id": pid}, **extra})
+            assert r.status_code == 200 and r.json() == {"status": "ignored", "action": action}, r.text
+    assert Queue(settings.queue_name, connection=redis_conn, serializer=SERIALIZER).count == 0
+    assert set(redis_conn.scan_iter(f"{settings.queue_name}:*")) == before
+    assert list(settings.model_dir.iterdir()) == []
+
+
+@pytest.mark.integration
+def test_a_cycle_that_lost_its_project_lock_writes_nothing(redis_base_url: str, tmp_path: Path) -> None:
+    """Fault: the project lock passes to someone else while a cycle runs (its keep-alive failed, the
+        lock expired and another writer took the project)
+    Done: a cycle parked at fetch_labels by the stand-in; the lock key overwritten with another
+        owner's token (expiring in 5 s); the cycle released
+    Expected: the cycle stops with LockLost at its next stage: no version published, no prediction
+        written, no pool saved; RQ's retry runs it once the lock is free and restores
+    Observed: as expected (before: the cycle only logged the failed keep-alive and carried on writing)
+    """
+    from tests.test_faults import running_stack
+
+    with running_stack(redis_base_url, tmp_path, workers=1) as (stack, _):
+        pid = stack.new_project()
+        stack.wait_job(stack.train(pid), ("finished",))
+        first = stack.store.current(pid)
+        predictions = len(stack.stand.projects[pid].predictions)
+        stack.label_more(pid)
+        exports = len(stack.stand.calls_to("GET", rf"/api/projects/{pid}/export"))
+        stack.stand.inject("hold", "fetch_labels", pid)
+        job = stack.train(pid)
+        wait_for(lambda: len(stack.stand.calls_to("GET", rf"/api/projects/{pid}/export")) > exports, 60, 0.1,
+                 "the parked cycle")  # fmt: skip
+        stack.conn.set(f"{stack.settings.queue_name}:project:{pid}:lock", "another-owner", ex=5)
+        stack.stand.clear(pid)
+        status = wait_for(lambda: (j := stack.job(job))["error"] and j, 60, 0.1, "the cycle to stop")
+        assert status["error"].startswith("LockLost: project"), status
+        assert stack.store.current(pid) == first
+        assert len(stack.stand.projects[pid].predictions) == predictions
+        stack.wait_job(job, ("finished",), timeout=120)
+        assert stack.store.current(pid) != first

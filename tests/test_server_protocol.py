@@ -32,8 +32,14 @@ from tests.serverkit import (
     predict_body,
     publish_spam_model,
     queued_ids,
+    set_up,
     setup_body,
 )
+
+
+@pytest.fixture(autouse=True)
+def _webhook_project_set_up(settings: Settings) -> None:
+    set_up(settings, WEBHOOKS["START_TRAINING"]["project"]["id"], 5, 6)
 
 
 @pytest.fixture
@@ -293,6 +299,7 @@ def test_the_router_alone_serves_from_the_dependencies_it_is_given(
     assert (other.model_dir / "3" / "project.json").exists()
     results = client.post("/predict", json=predict_body(["win cash now", "see you at dinner"])).json()["results"]
     assert [r["model_version"] for r in results] == [version, version]
+    set_up(other, WEBHOOKS["START_TRAINING"]["project"]["id"])
     body = client.post("/webhook", json=WEBHOOKS["START_TRAINING"]).json()
     assert body["status"] == "queued"
     assert queued_ids(settings, redis_conn) == [body["job_id"]]

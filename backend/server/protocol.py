@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 
 from backend import __version__, projects, selection
 from backend.config import ConfigError, Settings
-from backend.jobs import SCORE_NEW_FUNC, Jobs
+from backend.jobs import Jobs
 from backend.labelconfig import task_input
 from backend.learner import Learner
 from backend.pool import PoolCache
@@ -147,8 +147,12 @@ async def webhook(
     if not isinstance(proj, dict) or "id" not in proj:
         raise ApiError(400, "project.id is required", "project.id")
     project = parse_project(proj["id"], "project.id")
+    if not projects.path(settings.model_dir, project).is_file():
+        # A project Label Studio never set up with lsal (/setup runs when it connects and on every
+        # Data Manager load) costs no job, no file and no metric series: one stat, then done.
+        return {"status": "ignored", "action": action}
     if action in TASK_ACTIONS:
-        return tasks_event(project, action, body, settings, store, jobs)
+        return tasks_event(project, action, body, settings, jobs)
     queue = require_jobs(jobs)
     if action in TRAINING_ACTIONS:
         enq = queue.request_cycle(project, "start_training")
@@ -168,24 +172,19 @@ async def webhook(
 
 
 def tasks_event(
-    project: int, action: str, body: dict[str, Any], settings: Settings, store: ModelStore, jobs: Jobs | None
+    project: int, action: str, body: dict[str, Any], settings: Settings, jobs: Jobs | None
 ) -> dict[str, Any]:
-    """Keep the pool cache current; new tasks get scored by the current model right away."""
+    """TASKS_CREATED / TASKS_DELETED are hints: only the task ids are kept, and one task job per
+    project reads those tasks from Label Studio before anything is stored, scored or written."""
     tasks = body.get("tasks")
     if not isinstance(tasks, list) or not all(isinstance(t, dict) and isinstance(t.get("id"), int) for t in tasks):
         raise ApiError(400, "tasks must be a list of objects with an integer id", "tasks")
-    cache = PoolCache(settings.model_dir, project)
-    if action == "TASKS_DELETED":
-        cache.delete_tasks(t["id"] for t in tasks)
-        return {"status": "recorded", "action": action}
-    if not cache.snapshot_path.exists():
+    if not PoolCache(settings.model_dir, project).snapshot_path.exists():
         return {"status": "ignored", "action": action}  # no pool yet: the first cycle reads it whole
-    cache.add_tasks(tasks)
-    if store.current(project) is None:
-        return {"status": "recorded", "action": action}
-    ids = [t["id"] for t in tasks]
-    job_id = require_jobs(jobs).enqueue(SCORE_NEW_FUNC, project, ids, project=project, kind="score_new")
-    return {"status": "queued", "action": action, "job_id": job_id}
+    ids = [int(t["id"]) for t in tasks]
+    created, deleted = (ids, []) if action == "TASKS_CREATED" else ([], ids)
+    enq = require_jobs(jobs).note_tasks(project, created, deleted)
+    return {"status": "queued" if enq.created else "joined", "action": action, "job_id": enq.job_id}
 
 
 def count_annotations(body: dict[str, Any], action: str) -> int:
