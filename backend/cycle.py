@@ -29,10 +29,11 @@ from sklearn.model_selection import KFold, StratifiedKFold
 from backend import pace, projects, selection, stopping, strategies
 from backend.config import ProjectConfig, Settings
 from backend.cycle_log import cycle_history, record_cycle
+from backend.features.cache import PoolEmbeddings
 from backend.labelconfig import TaskSpec, parse_label_config, task_input
 from backend.labelstudio import LabelStudioClient
 from backend.learner import Learner, TrainingSet, training_set
-from backend.pool import PoolCache
+from backend.pool import PoolCache, PoolSnapshot
 from backend.projectdir import ProjectDir, read_json, write_json
 from backend.selection import Prediction
 from backend.store import ModelStore
@@ -78,6 +79,7 @@ class CycleReport:
     training_stats: dict[str, Any] = field(default_factory=dict)
     stability: dict[str, Any] = field(default_factory=dict)
     pool_uncertainty: float | None = None
+    embeddings: dict[str, int] = field(default_factory=dict)  # tasks embedded now / reused from the pool cache
     finished_at: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -115,7 +117,12 @@ def cold_start(ts: TrainingSet, config: ProjectConfig, spec: TaskSpec) -> str | 
 
 
 def cross_validate(
-    spec: TaskSpec, ts: TrainingSet, seed: int, folds: int = 5, learner_params: Mapping[str, Any] | None = None
+    spec: TaskSpec,
+    ts: TrainingSet,
+    seed: int,
+    folds: int = 5,
+    learner_params: Mapping[str, Any] | None = None,
+    embeddings: np.ndarray | None = None,
 ) -> dict[str, float | None]:
     """Cross-validated accuracy and macro-F1 of a fresh learner on the labeled set.
 
@@ -128,6 +135,7 @@ def cross_validate(
         idx = np.sort(np.random.default_rng(seed).choice(n, CV_MAX_LABELS, replace=False))
     inputs = [ts.inputs[i] for i in idx]
     y = [ts.y[i] for i in idx]
+    emb = None if embeddings is None else embeddings[idx]
     if spec.multi_label:
         splitter: Any = KFold(n_splits=min(folds, len(y)), shuffle=True, random_state=seed)
         split_y = np.zeros(len(y))
@@ -144,8 +152,12 @@ def cross_validate(
         train_y = [y[i] for i in train_idx]
         if not spec.multi_label and len(set(train_y)) < 2:
             continue
-        learner = Learner(spec, seed=seed, **(learner_params or {})).fit([inputs[i] for i in train_idx], train_y)
-        proba = learner.predict_proba(learner.transform([inputs[i] for i in test_idx]))
+        learner = Learner(spec, seed=seed, **(learner_params or {})).fit(
+            [inputs[i] for i in train_idx], train_y, None if emb is None else emb[train_idx]
+        )
+        proba = learner.predict_proba(
+            learner.transform([inputs[i] for i in test_idx], None if emb is None else emb[test_idx])
+        )
         labels = learner.predict_labels(proba)
         truth.extend(y[i] for i in test_idx)
         pred.extend(labels)
@@ -198,8 +210,14 @@ def run_cycle(deps: CycleDeps, project: int) -> CycleReport:
         ts = training_set(spec, labeled)
     # Tasks with any annotation (skips included) are not offered again.
     done = {int(t["id"]) for t in labeled}
+    pool_embeddings = _pool_embeddings(spec, config, progress)
     with _stage(report, progress, "read_pool"):
-        ids, inputs = unlabeled_pool(deps, project, spec, xml, done)
+        ids, inputs = unlabeled_pool(
+            deps, project, spec, xml, done, prepare=pool_embeddings.update if pool_embeddings else None
+        )
+    if pool_embeddings is not None:
+        report.embeddings = dict(pool_embeddings.stats)
+    pool_emb = pool_embeddings.rows(ids, inputs) if pool_embeddings is not None else None
     report.labels = len(ts.y)
     report.depth, report.pace = slice_depth(deps, project, config, report.labels)
     report.training_stats = ts.stats
@@ -209,14 +227,17 @@ def run_cycle(deps: CycleDeps, project: int) -> CycleReport:
     if reason is not None:
         report.status = "cold_start"
         report.training_stats["cold_start_reason"] = reason
-        _seed_order(deps, project, spec, config, report, ids, inputs)
+        _seed_order(deps, project, spec, config, report, ids, inputs, pool_emb)
         record_cycle(deps.settings.model_dir, report)
         return report
 
     with _stage(report, progress, "fit"):
-        learner = Learner(spec, seed=settings.seed, **config.learner_params()).fit(ts.inputs, ts.y)
+        labeled_emb = pool_embeddings.rows(ts.task_ids, ts.inputs) if pool_embeddings is not None else None
+        learner = Learner(spec, seed=settings.seed, **config.learner_params()).fit(ts.inputs, ts.y, labeled_emb)
     with _stage(report, progress, "evaluate"):
-        report.metrics = cross_validate(spec, ts, settings.seed, learner_params=config.learner_params())
+        report.metrics = cross_validate(
+            spec, ts, settings.seed, learner_params=config.learner_params(), embeddings=labeled_emb
+        )
     with _stage(report, progress, "publish"):
         metadata = {
             "project": project,
@@ -232,7 +253,7 @@ def run_cycle(deps: CycleDeps, project: int) -> CycleReport:
     report.status = "trained"
     with _stage(report, progress, "stability"):
         report.stability = stop_set_agreement(deps.settings, project, learner, report.version, ids, inputs)
-    _score_and_write(deps, project, spec, config, learner, report, ids, inputs, ts)
+    _score_and_write(deps, project, spec, config, learner, report, ids, inputs, ts, pool_emb, labeled_emb)
     record_cycle(deps.settings.model_dir, report)
     return report
 
@@ -271,14 +292,29 @@ def stop_set_agreement(
     return result
 
 
+def _pool_embeddings(spec: TaskSpec, config: ProjectConfig, progress: Progress) -> PoolEmbeddings | None:
+    """The pool's embedding cache for this cycle, or None when the project's features use none."""
+    if spec.kind != "text" or config.text_features == "tfidf":
+        return None
+    return PoolEmbeddings(spec, config.embedding_model, progress)
+
+
 def unlabeled_pool(
-    deps: CycleDeps, project: int, spec: TaskSpec, label_config: str, done: set[int]
+    deps: CycleDeps,
+    project: int,
+    spec: TaskSpec,
+    label_config: str,
+    done: set[int],
+    prepare: Callable[[PoolSnapshot], bool] | None = None,
 ) -> tuple[list[int], list[Any]]:
-    """Ids and model inputs of the tasks still to label, from the pool cache (read in full when due)."""
+    """Ids and model inputs of the tasks still to label, from the pool cache (read in full when due).
+
+    `prepare` sees the snapshot before it is saved (the pool's embeddings are added there)."""
     snap = PoolCache(deps.settings.model_dir, project).sync(
         label_config,
         deps.settings.pool_reconcile,
         lambda: deps.client.iter_tasks(project, include=("id", "data")),
+        prepare=prepare,
     )
     ids: list[int] = []
     inputs: list[Any] = []
@@ -303,6 +339,8 @@ def _score_and_write(
     ids: list[int],
     inputs: list[Any],
     ts: TrainingSet,
+    embeddings: np.ndarray | None = None,
+    labeled_embeddings: np.ndarray | None = None,
 ) -> None:
     settings, progress = deps.settings, deps.progress
     name = strategies.resolve(config.strategy)
@@ -324,6 +362,8 @@ def _score_and_write(
             labeled_y=ts.y,
             params=config.strategy_params,
             progress=progress,
+            embeddings=embeddings,
+            labeled_embeddings=labeled_embeddings,
         )
     report.pool_uncertainty = chosen.mean_informativeness
     assert report.version is not None
@@ -377,13 +417,21 @@ def _seed_order(
     report: CycleReport,
     ids: list[int],
     inputs: list[Any],
+    embeddings: np.ndarray | None = None,
 ) -> None:
     """Cold start: order the pool round-robin over clusters so the first labels cover the data."""
     report.pool = len(ids)
     if len(ids) == 0:
         return
     with _stage(report, deps.progress, "seed_order"):
-        order = selection.seed_order(spec, inputs, report.depth or config.queue_depth, deps.settings.seed)
+        order = selection.seed_order(
+            spec,
+            inputs,
+            report.depth or config.queue_depth,
+            deps.settings.seed,
+            learner_params=config.learner_params(),
+            embeddings=embeddings,
+        )
     version = f"seed-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
     report.version = version
     _write(deps, project, report, order.predictions(spec, ids, version))

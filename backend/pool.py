@@ -253,23 +253,34 @@ class PoolCache:
         label_config: str,
         reconcile_seconds: float,
         read_all: Callable[[], Iterable[Mapping[str, Any]]],
+        prepare: Callable[[PoolSnapshot], bool] | None = None,
     ) -> PoolSnapshot:
         """The current pool: the snapshot with the logged events, or a full read when one is due.
 
-        `read_all()` yields every task (`id` and `data`) from Label Studio. The snapshot is saved
+        `read_all()` yields every task (`id` and `data`) from Label Studio. `prepare(snap)` may add
+        per-task arrays (the embeddings) and says whether it changed anything. The snapshot is saved
         (and the folded events dropped) only when something changed: a cycle between two full reads
         with no new events writes nothing.
         """
         snap = self.load()
+        changed = False
         if snap is None or self.needs_full_read(snap, label_config, reconcile_seconds):
-            snap = PoolSnapshot(
+            fresh = PoolSnapshot(
                 data={int(t["id"]): t.get("data") or {} for t in read_all()},
                 synced_at=time.time(),
                 config_hash=config_hash(label_config),
             )
-            self.apply_events(snap)  # events that raced the read (adds are idempotent, deletes win)
-            self.save(snap)
+            if snap is not None and snap.config_hash == fresh.config_hash:
+                # The periodic re-read keeps the per-task arrays; their owners check each row
+                # (an embedding against the text it was computed from). A new config drops them.
+                fresh.arrays = snap.arrays
+            self.apply_events(fresh)  # events that raced the read (adds are idempotent, deletes win)
+            snap, changed = fresh, True
         elif self._folded:
+            changed = True
+        if prepare is not None and prepare(snap):
+            changed = True
+        if changed:
             self.save(snap)
         return snap
 

@@ -54,8 +54,9 @@ class Scorer(Protocol):
         """Class labels in the column order of ``predict_proba``."""
         ...
 
-    def transform(self, inputs: Sequence[Any]) -> Any:
-        """Features of ``inputs``, one row each (dense or CSR)."""
+    def transform(self, inputs: Sequence[Any], embeddings: np.ndarray | None = None) -> Any:
+        """Features of ``inputs``, one row each (dense or CSR); ``embeddings``: the inputs' cached
+        text embeddings, for a model whose features use them (others ignore it)."""
         ...
 
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -207,13 +208,16 @@ def _vstack(parts: list[Any]) -> Any:
 
 
 def _labeled(
-    learner: Scorer, labeled_inputs: Sequence[Any], labeled_y: Sequence[Any]
+    learner: Scorer,
+    labeled_inputs: Sequence[Any],
+    labeled_y: Sequence[Any],
+    embeddings: np.ndarray | None = None,
 ) -> tuple[Any | None, np.ndarray | None]:
     """Features and class codes of the labeled rows whose label the model knows."""
     # Codes by position in classes_: sorted codes are then exactly proba's column order.
     index = {label: i for i, label in enumerate(learner.classes_)}
     known = [i for i, y in enumerate(labeled_y) if y in index]
-    features = learner.transform([labeled_inputs[i] for i in known])
+    features = learner.transform([labeled_inputs[i] for i in known], None if embeddings is None else embeddings[known])
     return features, np.array([index[labeled_y[i]] for i in known], dtype=np.int64)
 
 
@@ -229,6 +233,8 @@ def select(
     labeled_y: Sequence[Any] | None = None,
     params: Mapping[str, Any] | None = None,
     progress: Progress = _no_progress,
+    embeddings: np.ndarray | None = None,
+    labeled_embeddings: np.ndarray | None = None,
 ) -> Selection:
     """Score the pool chunk by chunk and pick the ``depth`` rows to put in front of the queue.
 
@@ -239,6 +245,8 @@ def select(
     cluster per pick, at most :data:`MAX_CLUSTERS`) and batch strategies spread their picks over
     those clusters, so the picks agree with the ``cluster`` field Label Studio sees.  ``params``
     are the strategy's own (a project's ``strategy_params``); the prefilter runs without them.
+    ``embeddings`` / ``labeled_embeddings``: the rows' text embeddings from the pool cache (aligned
+    with ``inputs`` / ``labeled_inputs``), so no text is embedded again.
     """
     entry = strategies.get(strategy)
     params = dict(params or {})
@@ -255,7 +263,10 @@ def select(
     cand_proba: np.ndarray | None = None
     total_info = 0.0
     for start in range(0, n, SCORE_CHUNK):
-        X = learner.transform(inputs[start : start + SCORE_CHUNK])
+        X = learner.transform(
+            inputs[start : start + SCORE_CHUNK],
+            None if embeddings is None else embeddings[start : start + SCORE_CHUNK],
+        )
         proba, info = score_features(
             learner, X, entry.row_measure, multi_label=multi_label, seed=seed + start, params=row_params
         )
@@ -286,7 +297,7 @@ def select(
         has_labeled = labeled_inputs is not None and labeled_y is not None and len(labeled_inputs) > 0
         if "labeled" in entry.requires(params) and has_labeled and not multi_label:
             assert labeled_inputs is not None and labeled_y is not None
-            labeled_X, labeled_codes = _labeled(learner, labeled_inputs, labeled_y)
+            labeled_X, labeled_codes = _labeled(learner, labeled_inputs, labeled_y, labeled_embeddings)
         inp = strategies.ScoringInput(
             proba=proba,
             committee=learner.committee_proba(X) if "committee" in entry.requires(params) else None,
@@ -314,7 +325,15 @@ def select(
     )
 
 
-def seed_order(spec: TaskSpec, inputs: Sequence[Any], depth: int, seed: int) -> Selection:
+def seed_order(
+    spec: TaskSpec,
+    inputs: Sequence[Any],
+    depth: int,
+    seed: int,
+    *,
+    learner_params: Mapping[str, Any] | None = None,
+    embeddings: np.ndarray | None = None,
+) -> Selection:
     """Cold start (no model yet): ``depth`` rows round-robin over k-means clusters of label-free
     features, the most typical row of each cluster first, so the first labels cover the data.
 
@@ -326,7 +345,7 @@ def seed_order(spec: TaskSpec, inputs: Sequence[Any], depth: int, seed: int) -> 
     if n == 0 or depth <= 0:
         empty = np.zeros(0, dtype=np.int64)
         return Selection(empty, np.zeros(0), np.zeros(0), empty, None, None)
-    X = label_free_features(spec, inputs, seed)
+    X = label_free_features(spec, inputs, seed, learner_params, embeddings)
     n_clusters = max(1, min(n, 2 * len(spec.labels) + 8, MAX_CLUSTERS))
     clusters = strategies.cluster_ids(X, n_clusters, seed=seed)
     typical = _centrality(X, clusters)
@@ -363,7 +382,13 @@ def _centrality(X: Any, clusters: np.ndarray) -> np.ndarray:
     return out
 
 
-def label_free_features(spec: TaskSpec, inputs: Sequence[Any], seed: int) -> Any:
+def label_free_features(
+    spec: TaskSpec,
+    inputs: Sequence[Any],
+    seed: int,
+    learner_params: Mapping[str, Any] | None = None,
+    embeddings: np.ndarray | None = None,
+) -> Any:
     """Features that need no labels, for cold-start clustering: the learner's own featurizer
-    (TF-IDF for text; median-imputed, standardized numbers for tables), fitted on the pool."""
-    return Learner(spec, seed=seed).fit_features(inputs)
+    (TF-IDF and/or embeddings for text; median-imputed, standardized numbers for tables), fitted on the pool."""
+    return Learner(spec, seed=seed, **(learner_params or {})).fit_features(inputs, embeddings)

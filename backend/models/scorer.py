@@ -41,8 +41,10 @@ class ModelScorer:
     def classes_(self) -> tuple[str, ...]:
         return self.model.classes_
 
-    def transform(self, inputs: Sequence[Any]) -> Any:
-        """One row per input: the model's features (if any), probabilities and committee (if asked)."""
+    def transform(self, inputs: Sequence[Any], embeddings: np.ndarray | None = None) -> Any:
+        """One row per input: the model's features (if any), probabilities and committee (if asked).
+
+        ``embeddings`` (the pool cache's text embeddings) is not used: a plugin model featurizes itself."""
         n = len(inputs)
         parts: list[Any] = []
         if self.use_features:
