@@ -38,6 +38,9 @@ MAX_CLUSTERS = 50
 # ranked highest by the prefilter measure, which bounds their cost whatever the pool size.
 CANDIDATES_PER_PICK = 5
 MIN_CANDIDATES = 2000
+# Cold start typicality (TypiClust): neighbours per row, and rows per cluster it is computed for.
+TYPICAL_K = 20
+TYPICAL_CANDIDATES = 500
 
 
 def _no_progress(stage: str, done: int = 0, total: int = 0) -> None:
@@ -334,21 +337,28 @@ def seed_order(
     learner_params: Mapping[str, Any] | None = None,
     embeddings: np.ndarray | None = None,
 ) -> Selection:
-    """Cold start (no model yet): ``depth`` rows round-robin over k-means clusters of label-free
-    features, the most typical row of each cluster first, so the first labels cover the data.
+    """Cold start (no model yet): ``depth`` rows round-robin over k-means clusters, the most typical
+    row of each cluster first, so the first labels are typical tasks from distinct regions
+    (TypiClust, Hacohen et al., ICML 2022: as many clusters as picks, at most :data:`MAX_CLUSTERS`;
+    typicality = 1 / mean distance to the :data:`TYPICAL_K` nearest neighbours in the cluster).
 
-    ``2 x labels + 8`` clusters (at most :data:`MAX_CLUSTERS`); the written score is the rank over
-    ``depth`` (the queue serves the lowest first); there are no labels to suggest.
+    Clustered on the texts' ``embeddings`` when given (the pool cache's), else on the learner's
+    label-free features. The written score is the rank over ``depth`` (the queue serves the lowest
+    first); there are no labels to suggest.
     """
     n = len(inputs)
     depth = min(depth, n)
     if n == 0 or depth <= 0:
         empty = np.zeros(0, dtype=np.int64)
         return Selection(empty, np.zeros(0), np.zeros(0), empty, None, None)
-    X = label_free_features(spec, inputs, seed, learner_params, embeddings)
-    n_clusters = max(1, min(n, 2 * len(spec.labels) + 8, MAX_CLUSTERS))
+    X: Any
+    if embeddings is not None:
+        X = np.asarray(embeddings, dtype=np.float32)
+    else:
+        X = label_free_features(spec, inputs, seed, learner_params)
+    n_clusters = max(1, min(n, depth, MAX_CLUSTERS))
     clusters = strategies.cluster_ids(X, n_clusters, seed=seed)
-    typical = _centrality(X, clusters)
+    typical = typicality(X, clusters, seed=seed)
     order = strategies.round_robin(typical, clusters, depth)
     return Selection(
         rows=order,
@@ -358,6 +368,34 @@ def seed_order(
         labels=None,
         mean_informativeness=None,
     )
+
+
+def typicality(
+    X: Any, clusters: np.ndarray, *, k: int = TYPICAL_K, cap: int = TYPICAL_CANDIDATES, seed: int = 0
+) -> np.ndarray:
+    """TypiClust's typicality of each row within its cluster: 1 / mean distance to its ``k`` nearest
+    neighbours there (Hacohen, Dekel, Weinshall, *Active Learning on a Budget*, ICML 2022).
+
+    A cluster larger than ``cap`` is scored on a seeded sample of ``cap`` rows (density estimated
+    among them; the rest get 0 and come after them): ``cap``^2 distances per cluster bound the cost
+    whatever the pool size. A single-row cluster gets 0 (an outlier: served last in its round).
+    """
+    from sklearn.metrics import pairwise_distances
+
+    out = np.zeros(len(clusters))
+    rng = np.random.default_rng(seed)
+    for c in np.unique(clusters):
+        rows = np.flatnonzero(clusters == c)
+        if len(rows) > cap:
+            rows = np.sort(rng.choice(rows, size=cap, replace=False))
+        if len(rows) < 2:
+            continue
+        dist = pairwise_distances(X[rows])
+        np.fill_diagonal(dist, np.inf)
+        kk = min(k, len(rows) - 1)
+        nearest = np.partition(dist, kk - 1, axis=1)[:, :kk]
+        out[rows] = 1.0 / (1e-9 + nearest.mean(axis=1))
+    return out
 
 
 def _centrality(X: Any, clusters: np.ndarray) -> np.ndarray:

@@ -230,8 +230,9 @@ def test_seed_order_goes_round_robin_over_clusters() -> None:
     every = selection.seed_order(SPEC, texts, 60, seed=0)
     n_clusters = len(set(every.clusters.tolist()))
     assert n_clusters >= 2
-    sel = selection.seed_order(SPEC, texts, 10, seed=0)
-    assert sel.rows.tolist() == every.rows[:10].tolist()  # a shorter queue is a prefix of the long one
+    # Depths past MAX_CLUSTERS share the clusters: a shorter queue is then a prefix of the long one.
+    assert selection.seed_order(SPEC, texts, 55, seed=0).rows.tolist() == every.rows[:55].tolist()
+    sel = selection.seed_order(SPEC, texts, 10, seed=0)  # one cluster per pick
     first_round = sel.clusters[: min(n_clusters, 10)].tolist()
     assert len(set(first_round)) == len(first_round)  # one row per cluster before any cluster repeats
     # Round r serves every cluster's r-th most typical row: along the order, rounds never go back.
@@ -258,11 +259,29 @@ def test_seed_order_takes_the_most_typical_row_of_each_cluster_first(sms: tuple[
     texts = sms[0][:300]
     sel = selection.seed_order(SPEC, texts, len(texts), seed=0)
     X = selection.label_free_features(SPEC, texts, seed=0).toarray()
+    assert len(set(sel.clusters.tolist())) == selection.MAX_CLUSTERS  # one cluster per pick, at most 50
     for c in set(sel.clusters.tolist()):
         members = sel.rows[sel.clusters == c]  # in the order they are served
-        dist = np.linalg.norm(X[members] - X[members].mean(axis=0), axis=1)
-        assert (np.diff(dist) >= -1e-9).all(), c  # nearest to the cluster mean first
+        if len(members) < 2:
+            continue
+        # TypiClust: 1 / mean distance to the k = min(20, size - 1) nearest cluster members.
+        d = np.linalg.norm(X[members][:, None, :] - X[members][None, :, :], axis=2)
+        np.fill_diagonal(d, np.inf)
+        k = min(20, len(members) - 1)
+        typical = 1 / (1e-9 + np.sort(d, axis=1)[:, :k].mean(axis=1))
+        assert (np.diff(typical) <= 1e-6 * typical[:-1]).all(), c  # densest first
     assert sorted(sel.rows.tolist()) == list(range(300))
+
+
+def test_seed_order_clusters_the_pool_cache_embeddings_when_given() -> None:
+    texts = [f"invoice payment overdue {i}" for i in range(30)] + [f"football match tonight {i}" for i in range(30)]
+    E = np.zeros((60, 4), dtype=np.float16)
+    E[:30, 0] = 1  # the embeddings say: two groups, by block
+    E[30:, 1] = 1
+    E[[0, 31], 2] = 0.5  # and one outlier in each
+    sel = selection.seed_order(SPEC, texts, 2, seed=0, embeddings=E)
+    assert sorted(int(r) // 30 for r in sel.rows) == [0, 1]  # one typical task from each group
+    assert not {0, 31} & set(sel.rows.tolist())
 
 
 def test_seed_order_depth_is_capped_by_the_pool() -> None:
