@@ -12,9 +12,15 @@ Nothing here re-implements a strategy.
 Protocol
 --------
 - One stratified test split (``--test-fraction``, drawn with ``--seed``); the rest is the pool.
+  With ``--test-data FILE`` the whole ``--data`` file is the pool and FILE (same columns) the test
+  set, so runs on different pools are scored on one fixed labeled file.
 - Repeat ``r`` uses seed ``seed + r``: it draws the initial labeled set (``--initial`` rows, a
   uniform random sample; if it holds a single class, its last row is swapped for a random row of
   another class, since a model needs two classes) and seeds the learner and the strategies.
+  ``--initial 0`` replays the server's cold start instead: the first :data:`COLD_START_LABELS`
+  rows of the seed order the server writes before its first model (``selection.seed_order``,
+  TypiClust on the label-free features), the last swapped for the next row of another class in
+  that order if they hold a single class.
   Every strategy of a repeat starts from that same initial set, so a repeat is a paired comparison.
 - Steps: fit on the labeled rows, score on the test split, ask for the next batch, until
   ``--budget`` labels (initial set included). The last batch is shortened to land on the budget.
@@ -293,6 +299,23 @@ def initial_set(y: Sequence[str], n: int, seed: int) -> list[int]:
     return [int(i) for i in picks]
 
 
+# Labels before the first model with --initial 0: the server's default AL_MIN_LABELS.
+COLD_START_LABELS = 10
+
+
+def cold_start_set(
+    spec: TaskSpec, inputs: Sequence[Any], y: Sequence[str], n: int, seed: int, learner_params: Mapping[str, Any]
+) -> list[int]:
+    """The first ``n`` rows of the server's cold-start seed order (a second class swapped in if needed)."""
+    order = [int(i) for i in selection.seed_order(spec, inputs, len(inputs), seed, learner_params=learner_params).rows]
+    picks = order[:n]
+    if len({y[i] for i in picks}) < 2:
+        other = next((i for i in order[n:] if y[i] != y[picks[0]]), None)
+        if other is not None:
+            picks[-1] = other
+    return picks
+
+
 def _fit(plan: Plan, labeled: Sequence[int], seed: int) -> Learner:
     """The production learner fitted on the labeled pool rows, as the cycle fits it."""
     learner = Learner(plan.spec, seed=seed, **plan.learner_params)
@@ -466,6 +489,7 @@ class SimulationConfig:
     out: str | None = None
     learner_params: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    test_data: str | None = None  # a fixed labeled test file; the whole of `data` is then the pool
 
 
 def check_config(cfg: SimulationConfig) -> list[str]:
@@ -481,12 +505,16 @@ def check_config(cfg: SimulationConfig) -> list[str]:
             raise SimulationError(str(exc)) from None
         if name not in names:
             names.append(name)
-    if cfg.initial < 2:
-        raise SimulationError(f"--initial must be >= 2 (a model needs two classes), got {cfg.initial}")
+    if cfg.initial < 2 and cfg.initial != 0:
+        raise SimulationError(
+            "--initial must be 0 (the server's cold-start order) or >= 2 (a model needs two classes), "
+            f"got {cfg.initial}"
+        )
     if cfg.batch < 1:
         raise SimulationError(f"--batch must be >= 1, got {cfg.batch}")
-    if cfg.budget < cfg.initial:
-        raise SimulationError(f"--budget ({cfg.budget}) is smaller than --initial ({cfg.initial})")
+    first = cfg.initial or COLD_START_LABELS
+    if cfg.budget < first:
+        raise SimulationError(f"--budget ({cfg.budget}) is smaller than the initial set ({first})")
     if cfg.repeats < 1:
         raise SimulationError(f"--repeats must be >= 1, got {cfg.repeats}")
     if not 0 < cfg.test_fraction < 1:
@@ -552,7 +580,22 @@ def simulate(cfg: SimulationConfig, progress: TextIO | None = None) -> dict[str,
         feature_columns=cfg.feature_columns,
         label_config=cfg.label_config,
     )
-    pool_idx, test_idx = split(ds.y, cfg.test_fraction, cfg.seed)
+    test_ds = None
+    if cfg.test_data:
+        test_ds = build_dataset(
+            cfg.test_data,
+            cfg.label_column,
+            text_column=cfg.text_column,
+            feature_columns=ds.feature_columns or cfg.feature_columns,
+            label_config=cfg.label_config,
+        )
+        unknown = sorted(set(test_ds.y) - set(ds.y))
+        if unknown:
+            raise SimulationError(f"--test-data has labels the pool never has: {unknown}")
+        pool_idx, test_idx = np.arange(len(ds.y)), np.arange(len(test_ds.y))
+    else:
+        pool_idx, test_idx = split(ds.y, cfg.test_fraction, cfg.seed)
+    test_source = test_ds if test_ds is not None else ds
     pool_y = [ds.y[i] for i in pool_idx]
     if len(set(pool_y)) < 2:
         raise SimulationError("the training pool holds a single class; lower --test-fraction")
@@ -566,9 +609,16 @@ def simulate(cfg: SimulationConfig, progress: TextIO | None = None) -> dict[str,
         spec=ds.spec,
         pool_inputs=[ds.inputs[i] for i in pool_idx],
         pool_y=pool_y,
-        test_inputs=[ds.inputs[i] for i in test_idx],
-        test_y=[ds.y[i] for i in test_idx],
-        initial_sets=[initial_set(pool_y, cfg.initial, s) for s in seeds],
+        test_inputs=[test_source.inputs[i] for i in test_idx],
+        test_y=[test_source.y[i] for i in test_idx],
+        initial_sets=[
+            initial_set(pool_y, cfg.initial, s)
+            if cfg.initial
+            else cold_start_set(
+                ds.spec, [ds.inputs[i] for i in pool_idx], pool_y, COLD_START_LABELS, s, cfg.learner_params
+            )
+            for s in seeds
+        ],
         seeds=seeds,
         batch=cfg.batch,
         budget=cfg.budget,
@@ -583,7 +633,7 @@ def simulate(cfg: SimulationConfig, progress: TextIO | None = None) -> dict[str,
     full_pool = {"n_labels": len(pool_idx), "accuracy": full_acc, "macro_f1": full_f1}
 
     tasks = sorted(((c, r) for c in concrete for r in range(cfg.repeats)), key=lambda t: -_expected_cost(t[0]))
-    bar = ProgressBar(len(tasks) * steps_per_run(cfg.initial, cfg.batch, cfg.budget), progress)
+    bar = ProgressBar(len(tasks) * steps_per_run(cfg.initial or COLD_START_LABELS, cfg.batch, cfg.budget), progress)
     results: dict[tuple[str, int], dict[str, Any]] = {}
     try:
         if cfg.jobs == 1:
@@ -624,6 +674,7 @@ def simulate(cfg: SimulationConfig, progress: TextIO | None = None) -> dict[str,
             "budget": cfg.budget,
             "repeats": cfg.repeats,
             "test_fraction": cfg.test_fraction,
+            "test_data": cfg.test_data,
             "seed": cfg.seed,
             "jobs": cfg.jobs,
             "learner_params": dict(cfg.learner_params),
@@ -753,11 +804,22 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="NAME,...",
         help=f"any of: {', '.join(strategies.STRATEGY_NAMES)}",
     )
-    p.add_argument("--initial", type=int, default=20, help="labels in the random initial set (default 20)")
+    p.add_argument(
+        "--initial",
+        type=int,
+        default=20,
+        help=f"labels in the random initial set (default 20); 0: the server's cold-start seed order "
+        f"({COLD_START_LABELS} labels)",
+    )
     p.add_argument("--batch", type=int, default=10, help="labels asked per step (default 10)")
     p.add_argument("--budget", type=int, default=200, help="total labels at the end, initial set included")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--test-fraction", type=float, default=0.25)
+    p.add_argument(
+        "--test-data",
+        metavar="FILE",
+        help="a fixed labeled test file (same columns); the whole of --data is then the pool",
+    )
     p.add_argument("--seed", type=int, default=0, help="test split seed; repeat r uses seed + r")
     p.add_argument("--jobs", type=int, default=1, help="worker processes over (strategy, repeat)")
     p.add_argument(
@@ -792,6 +854,7 @@ def config_from_args(args: argparse.Namespace) -> SimulationConfig:
         jobs=args.jobs,
         out=args.out,
         learner_params=dict(args.learner_param),
+        test_data=args.test_data,
     )
 
 

@@ -400,3 +400,57 @@ def test_learner_param_is_validated(tabular_csv: Path, tmp_path: Path, capsys: p
     assert code == 2 and "--learner-param" in err and "colour" in err and err.count("\n") == 1
     code, err = run_cli([*base_args(tabular_csv, tmp_path / "o"), "--learner-param", "C"], capsys)
     assert code == 2 and "expected KEY=VALUE" in err
+
+
+# -- replaying production: a fixed test file, the cold-start order --------------------------------
+
+
+def test_test_data_scores_every_run_on_that_file(text_rows: list[dict[str, str]], tmp_path: Path) -> None:
+    pool, test = tmp_path / "pool.csv", tmp_path / "test.csv"
+    for path, rows in ((pool, text_rows[:80]), (test, text_rows[80:])):
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["text", "label"])
+            w.writeheader()
+            w.writerows(rows)
+    d = simulate.simulate(
+        cfg(pool, label_column="label", text_column="text", test_data=str(test), budget=30, repeats=1),
+        progress=io.StringIO(),
+    )
+    assert d["dataset"]["n_pool"] == 80 and d["dataset"]["n_test"] == 40  # no split: all of pool.csv
+    assert d["config"]["test_data"] == str(test)
+    # The first point is the initial model scored on exactly test.csv.
+    run = d["runs"]["random"][0]
+    learner = simulate.Learner(d_spec := simulate.build_dataset(pool, "label", text_column="text").spec, seed=3)
+    learner.fit(
+        [text_rows[i]["text"] for i in run["labeled_order"][:10]],
+        [text_rows[i]["label"] for i in run["labeled_order"][:10]],
+    )
+    proba = learner.predict_proba(learner.transform([r["text"] for r in text_rows[80:]]))
+    pred = [learner.classes_[j] for j in proba.argmax(axis=1)]
+    acc = np.mean([p == r["label"] for p, r in zip(pred, text_rows[80:], strict=True)])
+    assert run["accuracy"][0] == pytest.approx(acc, abs=1e-6)
+    assert d_spec.kind == "text"
+    with pytest.raises(SimulationError, match="--test-data has labels the pool never has"):
+        bad = tmp_path / "bad.csv"
+        bad.write_text("text,label\nhello,other\nwin cash,spam\n")
+        simulate.simulate(
+            cfg(pool, label_column="label", text_column="text", test_data=str(bad)), progress=io.StringIO()
+        )
+
+
+def test_initial_zero_starts_from_the_servers_cold_start_order(text_csv: Path) -> None:
+    d = simulate.simulate(
+        cfg(text_csv, label_column="label", text_column="text", initial=0, budget=30, repeats=2),
+        progress=io.StringIO(),
+    )
+    ds = simulate.build_dataset(text_csv, "label", text_column="text")
+    pool_idx, _ = simulate.split(ds.y, 0.25, 3)
+    pool = [ds.inputs[i] for i in pool_idx]
+    for r, seed in enumerate((3, 4)):
+        order = selection.seed_order(ds.spec, pool, len(pool), seed).rows.tolist()
+        first = d["runs"]["random"][r]["labeled_order"][: simulate.COLD_START_LABELS]
+        assert first == order[: simulate.COLD_START_LABELS]  # the seed order as the server writes it
+        assert d["runs"]["margin"][r]["labeled_order"][:10] == first
+    assert d["runs"]["random"][0]["n_labels"][0] == simulate.COLD_START_LABELS
+    with pytest.raises(SimulationError, match="--initial must be 0"):
+        simulate.simulate(cfg(text_csv, initial=1), progress=io.StringIO())
