@@ -317,7 +317,7 @@ def replace_arg(args: list[str], flag: str, value: str) -> list[str]:
         (("--budget", "151"), "--budget (151) is larger than the training pool (150 rows"),
         (("--data", "/nonexistent/file.csv"), "cannot read the file"),
         (("--data", "/etc/hostname"), "unsupported file type"),
-        (("--initial", "1"), "--initial must be >= 2"),
+        (("--initial", "1"), "--initial must be 0 (the server's cold-start order) or >= 2"),
     ],
 )
 def test_bad_input_one_line_exit_2(
