@@ -449,8 +449,13 @@ class Bench:
             ls_timeout=1800.0,
             ls_retries=1,
         )
+        if args.queue_depth is not None:
+            self.settings = replace(self.settings, queue_depth=args.queue_depth)
+        if args.queue_floor is not None:
+            self.settings = replace(self.settings, queue_floor=args.queue_floor)
         out["lsal"] = {
             "queue_depth": self.settings.queue_depth,
+            "queue_floor": self.settings.queue_floor,
             "min_labels": self.settings.min_labels,
             "retrain_every": self.settings.retrain_every,
         }
@@ -546,6 +551,8 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=180.0, help="seconds the team labels, per arm")
     ap.add_argument("--tasks", type=int, default=5574)
     ap.add_argument("--arms", default="al,random", help="al (lsal connected), random (LS uniform sampling)")
+    ap.add_argument("--queue-depth", type=int, help="AL_QUEUE_DEPTH (default: lsal's)")
+    ap.add_argument("--queue-floor", type=int, help="AL_QUEUE_FLOOR (default: lsal's; = depth: a fixed depth)")
     ap.add_argument("--test-share", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=600.0, help="bound of every wait")
