@@ -26,7 +26,8 @@ Reported per arm:
   is written right after the switch PATCH returned; a version counts as live for a serve if its
   interval overlaps the request, with 0.5 s of slack for the PATCH-to-log gap), and every miss with
   its reason: ``no_version_yet`` (before lsal's first order), ``slice_drained`` (since the switch
-  the team was served at least as many tasks as the version wrote), ``other``;
+  the team was served at least as many tasks as the version wrote), ``at_switch`` (served within
+  0.5 s of a switch: chosen from the previous slice, answered after it), ``other``;
 * ``freshness_s``: for every annotation, from the start of its POST to the switch of the first
   version trained on at least as many labeled tasks as existed after it (``labels`` of the cycle
   report), i.e. webhook -> new order live under the team's load; median and p95;
@@ -249,7 +250,7 @@ def live_intervals(cycles: list[dict[str, Any]], wall0: float) -> list[tuple[flo
 
 def slice_share(log: ArmLog, intervals: list[tuple[float, float, dict[str, Any]]]) -> dict[str, Any]:
     """Share of served tasks that carried a prediction of the live version, and why the others did not."""
-    misses: dict[str, int] = {"no_version_yet": 0, "slice_drained": 0, "other": 0}
+    misses: dict[str, int] = {"no_version_yet": 0, "slice_drained": 0, "at_switch": 0, "other": 0}
     examples: list[dict[str, Any]] = []
     serves = sorted(log.serves, key=lambda s: s.served)
     hit = [False] * len(serves)
@@ -263,7 +264,14 @@ def slice_share(log: ArmLog, intervals: list[tuple[float, float, dict[str, Any]]
             continue
         a, _, c = live[-1]
         served_since = sum(1 for x in serves[:k] if x.served >= a)
-        reason = "slice_drained" if served_since >= int(c.get("written") or 0) else "other"
+        if served_since >= int(c.get("written") or 0):
+            reason = "slice_drained"
+        elif abs(s.served - a) <= LIVE_SLACK_S:
+            # LS chose the task from the previous slice and serialized it after the switch, so the
+            # answer carries no prediction of the version that is live by then
+            reason = "at_switch"
+        else:
+            reason = "other"
         misses[reason] += 1
         if len(examples) < 10:
             examples.append(
@@ -405,6 +413,10 @@ class Bench:
             rep["cycles"] = {"total": len(cycles), "by_status": by_status}
             rep["written"] = summary([float(c.get("written") or 0) for c in cycles if c.get("written")])
             rep["cycle_s"] = summary([sum((c.get("timings") or {}).values()) for c in cycles if c.get("timings")])
+            trained = [c.get("timings") or {} for c in cycles if c.get("status") == "trained"]
+            stages = sorted({k for t in trained for k in t})
+            rep["trained_stage_median_s"] = {k: summary([t.get(k, 0.0) for t in trained])["median"] for k in stages}
+            rep["depth"] = summary([float(c["depth"]) for c in cycles if c.get("depth")])
             rep["from_live_slice"] = slice_share(log, intervals)
             rep["freshness_s"] = freshness(log, cycles, wall0)
         return rep
