@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -94,6 +95,22 @@ def test_setup_rejects_unknown_strategy_listing_valid_names(client: TestClient) 
         client.post("/setup", json=setup_body(extra={"strategy": "magic"})), 400, "extra_params.strategy"
     )
     assert "least_confidence" in body["error"] and "random" in body["error"]
+
+
+def test_setup_refuses_an_unknown_embedding_model_or_unreadable_path_naming_the_choices(
+    client: TestClient, tmp_path: Path
+) -> None:
+    for value in ("glove-300", str(tmp_path / "no-such-model")):
+        body = assert_error(
+            client.post("/setup", json=setup_body(extra={"embedding_model": value})),
+            400,
+            "extra_params.embedding_model",
+        )
+        assert repr(value) in body["error"] and "'wordllama'" in body["error"] and "hub id" in body["error"]
+    body = assert_error(
+        client.post("/setup", json=setup_body(extra={"text_features": "bert"})), 400, "extra_params.text_features"
+    )
+    assert "tfidf, embedding, tfidf+embedding" in body["error"]
 
 
 def test_setup_checks_strategy_params_against_the_registry(client: TestClient) -> None:
