@@ -44,7 +44,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SMS = REPO.parent / "shared" / "datasets" / "sms_spam" / "sms_spam.csv"
+# ../shared/datasets beside the checkout; LSAL_DATASETS for a checkout elsewhere (a git worktree).
+SMS = Path(os.environ.get("LSAL_DATASETS", REPO.parent / "shared" / "datasets")) / "sms_spam" / "sms_spam.csv"
 SPAM_XML = (REPO / "label_config" / "spam.xml").read_text() if (REPO / "label_config" / "spam.xml").exists() else ""
 
 

@@ -893,16 +893,14 @@ def render(docs: dict[str, dict[str, Any]]) -> str:
         "covers as many regions as it has picks and the picks agree with the `cluster` field Label Studio "
         "sees. " + observations(docs, default),
         "",
-        '**Text model changed with it** (see "Learner settings"): first `fit_intercept=True` for text (it '
-        "was off; measured with the regression alone: on SMS spam every non-random strategy gained a lot, "
-        "margin no longer lost to random and the full-pool macro-F1 rose; on the sentiment sentences the "
-        "default strategy was unchanged within the spread, plain margin did better without the intercept, "
-        "and random's AULC was unchanged on both). A soft vote of that regression with a complement naive "
-        'Bayes was measured and left off by default (see "Learner settings"). The tabular model already fits '
-        "an intercept (C = 1, standardized features); C stays at 3 for text (C = 10 measured no better). "
-        "Then every digit read as 0 in text (`number_shapes`): on SMS spam the default strategy reached 99% of "
-        'the full-pool macro-F1 with half the labels; on sentiment no change beyond the spread ("Learner '
-        'settings").',
+        "**Text model (issue 11): TF-IDF + pretrained static sentence embeddings.** The text features are "
+        "now TF-IDF concatenated with the 256-d embedding shipped in the `wordllama` wheel (weight 1, C = 1; "
+        'chosen with `bench/bench_features.py` on SMS spam, sentiment held out; README "Text features"). '
+        "Earlier changes to the text model, measured with TF-IDF alone: an intercept (`fit_intercept=True`; "
+        "without it every text sharing no word with the labeled set scored P = 0.5 and margin lost to "
+        "random), every digit read as 0 (`number_shapes`; on SMS spam 99% of the full-pool macro-F1 with "
+        "half the labels), and a soft vote with a complement naive Bayes, measured and left off. The tabular "
+        "model is unchanged (C = 1, standardized features).",
         "",
         "## Targets",
         "",
