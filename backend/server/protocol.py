@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 
 from backend import __version__, projects, selection
 from backend.config import ConfigError, Settings
-from backend.jobs import Jobs
+from backend.jobs import Enqueued, Jobs
 from backend.labelconfig import task_input
 from backend.learner import Learner
 from backend.pool import PoolCache
@@ -35,10 +35,11 @@ from backend.server.schemas import (
 from backend.store import ModelStore
 
 UNTRAINED = "lsal-untrained"
-TRAINING_ACTIONS = {"START_TRAINING"}
+# The events that start a cycle at once, with the reason the cycle records.
+CYCLE_ACTIONS = {"START_TRAINING": "start_training", "ANNOTATIONS_DELETED": "annotations_deleted"}
 ANNOTATION_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED"}
 TASK_ACTIONS = {"TASKS_CREATED", "TASKS_DELETED"}
-HANDLED_ACTIONS = TRAINING_ACTIONS | ANNOTATION_ACTIONS | TASK_ACTIONS | {"ANNOTATIONS_DELETED"}
+HANDLED_ACTIONS = set(CYCLE_ACTIONS) | ANNOTATION_ACTIONS | TASK_ACTIONS
 # Small requests (the annotator opening a task) run on the event loop: a thread hop costs more
 # than the prediction. Larger batches go to the thread pool so /health stays prompt.
 INLINE_PREDICT_TASKS = 64
@@ -126,9 +127,7 @@ def predict_tasks(body: PredictRequest, settings: Settings, store: ModelStore, l
 
 
 @router.post("/webhook", response_model=WebhookResponse, response_model_exclude_none=True)
-async def webhook(
-    request: Request, settings: SettingsDep, store: StoreDep, lookup: ProjectsDep, jobs: JobsDep
-) -> dict[str, Any]:
+async def webhook(request: Request, settings: SettingsDep, lookup: ProjectsDep, jobs: JobsDep) -> dict[str, Any]:
     """Turn a Label Studio event into queued work: a cycle, a counted label, or pool bookkeeping."""
     # The body is parsed by hand, not by a model: Label Studio's payloads vary by action, and any
     # unknown action must still be answered (ignored) rather than refused.
@@ -154,21 +153,20 @@ async def webhook(
     if action in TASK_ACTIONS:
         return tasks_event(project, action, body, settings, jobs)
     queue = require_jobs(jobs)
-    if action in TRAINING_ACTIONS:
-        enq = queue.request_cycle(project, "start_training")
-        return {"status": "queued" if enq.created else "joined", "action": action, "job_id": enq.job_id}
-    if action == "ANNOTATIONS_DELETED":
-        enq = queue.request_cycle(project, "annotations_deleted")
-        return {"status": "queued" if enq.created else "joined", "action": action, "job_id": enq.job_id}
+    if action in CYCLE_ACTIONS:
+        return enqueued(action, queue.request_cycle(project, CYCLE_ACTIONS[action]))
     count = count_annotations(body, action)
     if count == 0:
         return {"status": "ignored", "action": action}
-    every = lookup.config(project).retrain_every
-    enq_or_none = queue.note_annotations(project, count, every)
-    if enq_or_none is None:
+    enq = queue.note_annotations(project, count, lookup.config(project).retrain_every)
+    if enq is None:
         return {"status": "counted", "action": action}
-    status = "queued" if enq_or_none.created else "joined"
-    return {"status": status, "action": action, "job_id": enq_or_none.job_id}
+    return enqueued(action, enq)
+
+
+def enqueued(action: str, enq: Enqueued) -> dict[str, Any]:
+    """The answer to an event that queued a job (`queued`) or joined one already waiting (`joined`)."""
+    return {"status": "queued" if enq.created else "joined", "action": action, "job_id": enq.job_id}
 
 
 def tasks_event(
@@ -183,8 +181,7 @@ def tasks_event(
         return {"status": "ignored", "action": action}  # no pool yet: the first cycle reads it whole
     ids = [int(t["id"]) for t in tasks]
     created, deleted = (ids, []) if action == "TASKS_CREATED" else ([], ids)
-    enq = require_jobs(jobs).note_tasks(project, created, deleted)
-    return {"status": "queued" if enq.created else "joined", "action": action, "job_id": enq.job_id}
+    return enqueued(action, require_jobs(jobs).note_tasks(project, created, deleted))
 
 
 def count_annotations(body: dict[str, Any], action: str) -> int:
