@@ -120,6 +120,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from backend.http_protocol import BoundedHeadersProtocol
+
     settings.model_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     embedded = None
     workers: list[subprocess.Popen[bytes]] = []
@@ -158,6 +160,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             access_log=False,  # backend.metrics.RequestMetrics logs each request (route template, no query)
             log_config=None,  # keep lsal's handler: uvicorn's own config would bypass JSON and redaction
             timeout_graceful_shutdown=1,  # in-flight requests; the whole stop must stay under 3 s
+            http=BoundedHeadersProtocol,  # request headers within 10 s and 64 KB (slowloris)
+            timeout_keep_alive=5,  # idle kept-alive connections
         )
     except KeyboardInterrupt:
         pass

@@ -460,6 +460,8 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_and_note)
         finally:
+            if scope.get("lsal.client_gone"):
+                status = 499  # client closed the request (nginx's code): no answer was possible
             seconds = time.perf_counter() - start
             route = route_template(scope, self.routes)
             method = scope.get("method", "GET")

@@ -60,23 +60,36 @@ class LockLost(RuntimeError):
 class Fence:
     """Whether this process still holds the project lock, checked before every write.
 
-    `check()` extends the lock (one Redis round trip) and raises LockLost if it is no longer ours,
-    or if the keep-alive already found it lost: a cycle that lost its lock (a long pause, Redis
-    restarted, the lock expired and another worker took the project) stops at its next stage
-    instead of writing over the other worker's pool, model versions and predictions.
+    `check()` extends the lock (one Redis round trip). If the lock is no longer ours (another owner's
+    token, or it expired), or the keep-alive already found so, it raises LockLost: a cycle that lost
+    its lock stops at its next stage instead of writing over another worker's pool, model versions
+    and predictions. If Redis cannot be reached, the lock is a lease: nobody else can take it for
+    LOCK_TTL after our last confirmation, so the cycle goes on until LEASE_MARGIN before that.
     """
+
+    #: seconds before the lease would run out at which an unconfirmable lock counts as lost
+    LEASE_MARGIN = 5.0
 
     def __init__(self, lock: Any, project: int) -> None:
         self.lock = lock
         self.project = project
         self.lost = False
+        self.confirmed_at = time.monotonic()  # the lock was acquired just before
+
+    def confirmed(self) -> None:
+        self.confirmed_at = time.monotonic()
 
     def check(self) -> None:
         if not self.lost:
             try:
                 self.lock.reacquire()
+                self.confirmed()
                 return
-            except (redis.RedisError, redis.exceptions.LockError):
+            except redis.exceptions.LockError:  # LockNotOwnedError included: another owner, or expired
+                self.lost = True
+            except redis.RedisError:
+                if time.monotonic() - self.confirmed_at < LOCK_TTL - self.LEASE_MARGIN:
+                    return
                 self.lost = True
         raise LockLost(f"project {self.project}: the project lock was lost; stopping before any further write")
 
@@ -108,6 +121,7 @@ def held(lock: Any, project: int) -> Iterator[Fence]:
         while not stop.wait(LOCK_TTL / 3):
             try:
                 lock.reacquire()
+                fence.confirmed()
             except redis.exceptions.LockNotOwnedError:
                 fence.lost = True
                 log.warning("project=%s the project lock was taken over: this job stops before its next write", project)

@@ -6,7 +6,14 @@ RQ worker runs cycles against the stand-in Label Studio (tests/faultstand.py) th
 (every webhook counts an annotation; AL_RETRAIN_EVERY=1 keeps a cycle queued). Needs a Redis:
 REDIS_URL or redis-server on PATH (started on a free port).
 
-    python bench/bench_load.py [--rate 200] [--duration 60]
+    python bench/bench_load.py [--rate 200] [--duration 60] [--no-attacks]
+
+Throughout the load, the attacks of issue 12 run too (unless --no-attacks): four concurrent
+/predict requests of 60 tasks x 1 MB, over and over; 2,000 slowloris connections (half a request
+line each, reopened when the server closes them); 500 made-up projects sent START_TRAINING and
+TASKS_DELETED; forged TASKS_CREATED for real and made-up task ids; a 1 MB label config of 40,000
+choices to /setup; clients hanging up in the middle of a body. /health is polled every 100 ms
+(Label Studio allows it 1 s): its latency is reported, with every answer slower than 1 s counted.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=200.0)
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--pool", type=int, default=3000, help="tasks in the project (cycle cost)")
+    ap.add_argument("--no-attacks", action="store_true", help="the mixed load alone")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="lsal-bench-load-"))
@@ -73,8 +81,30 @@ def main() -> int:
             job = s.post(f"{server.url}/train", json={"project": 1}, timeout=10).json()["job_id"]
             wait_for(lambda: s.get(f"{server.url}/jobs/{job}", timeout=5).json()["state"] == "finished", 180, 0.5,
                      "first model")  # fmt: skip
+            stop = threading.Event()
+            health: list[float] = []
+            threads = [threading.Thread(target=_poll_health, args=(server.url, stop, health), daemon=True)]
+            attacks: dict[str, int] = {}
+            if not args.no_attacks:
+                threads += [
+                    threading.Thread(target=fn, args=(server, stop, attacks), daemon=True)
+                    for fn in (_big_predicts, _slowloris, _made_up_projects, _forged_tasks, _huge_config, _hang_ups)
+                ]
+            for t in threads:
+                t.start()
             result = run_load(server.url, args.rate, args.duration)
+            stop.set()
+            for t in threads:
+                t.join(timeout=30)
             result["cycles_finished_during_load"] = _cycles(worker.log())
+            h = np.array(health)
+            result["health"] = {"n": len(h), "p50_ms": round(float(np.percentile(h, 50)), 1),
+                                "p99_ms": round(float(np.percentile(h, 99)), 1), "max_ms": round(float(h.max()), 1),
+                                "over_1s": int((h > 1000).sum())}  # fmt: skip
+            result["attacks"] = attacks
+            log = server.log()
+            result["server_5xx_logged"] = sum(log.count(f"status={c}") for c in (500, 502, 503))
+            result["server_tracebacks"] = log.count("Traceback")
         finally:
             worker.stop()
             server.stop()
@@ -82,7 +112,123 @@ def main() -> int:
             redis_proc.wait(timeout=10)
     shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(result, indent=2))
-    return 0 if result["errors"] == 0 else 1
+    return 0 if result["errors"] == 0 and result["health"]["over_1s"] == 0 else 1
+
+
+def _poll_health(url: str, stop: threading.Event, out: list[float]) -> None:
+    s = requests.Session()
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        try:
+            s.get(f"{url}/health", timeout=10)
+            out.append((time.perf_counter() - t0) * 1000)
+        except requests.RequestException:
+            out.append(10_000.0)
+        stop.wait(0.1)
+
+
+def _count(attacks: dict[str, int], name: str, n: int = 1) -> None:
+    attacks[name] = attacks.get(name, 0) + n
+
+
+def _big_predicts(server: LsalServer, stop: threading.Event, attacks: dict[str, int]) -> None:
+    text = ("win a free prize now " * 50_000)[:1_000_000]
+    body = json.dumps({"tasks": [{"id": i, "data": {"text": text}} for i in range(60)], "project": "1.1700000000",
+                       "label_config": SPAM_XML}).encode()  # fmt: skip
+
+    def one() -> None:
+        s = requests.Session()
+        while not stop.is_set():
+            try:
+                s.post(f"{server.url}/predict", data=body, headers={"Content-Type": "application/json"}, timeout=120)
+                _count(attacks, "predict_60x1MB")
+            except requests.RequestException:
+                _count(attacks, "predict_60x1MB_failed")
+
+    workers = [threading.Thread(target=one, daemon=True) for _ in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+
+
+def _slowloris(server: LsalServer, stop: threading.Event, attacks: dict[str, int]) -> None:
+    import socket
+
+    held: list[socket.socket] = []
+    while not stop.is_set():
+        alive = []
+        for sock in held:
+            sock.settimeout(0)
+            try:
+                closed = sock.recv(1) == b""
+            except BlockingIOError:
+                closed = False
+            except OSError:
+                closed = True
+            if closed:
+                sock.close()
+                _count(attacks, "slowloris_closed_by_server")
+            else:
+                alive.append(sock)
+        held = alive
+        while len(held) < 2000 and not stop.is_set():
+            try:
+                sock = socket.create_connection(("127.0.0.1", server.port), timeout=2)
+                sock.sendall(b"POST /webhook HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                held.append(sock)
+                _count(attacks, "slowloris_opened")
+            except OSError:
+                _count(attacks, "slowloris_refused")
+                break
+        stop.wait(1.0)
+    for sock in held:
+        sock.close()
+
+
+def _made_up_projects(server: LsalServer, stop: threading.Event, attacks: dict[str, int]) -> None:
+    s = requests.Session()
+    pid = 100_000
+    while not stop.is_set():
+        pid += 1
+        for action, extra in (("START_TRAINING", {}), ("TASKS_DELETED", {"tasks": [{"id": 1}]})):
+            r = s.post(f"{server.url}/webhook", json={"action": action, "project": {"id": pid}, **extra}, timeout=10)
+            _count(attacks, f"made_up_project_{r.status_code}")
+        stop.wait(0.05)
+
+
+def _forged_tasks(server: LsalServer, stop: threading.Event, attacks: dict[str, int]) -> None:
+    s = requests.Session()
+    while not stop.is_set():
+        tasks = [{"id": 1, "data": {"text": "win free prize cash"}}, {"id": 9_999_999, "data": {"text": "x"}}]
+        r = s.post(f"{server.url}/webhook", json={"action": "TASKS_CREATED", "project": {"id": 1}, "tasks": tasks},
+                   timeout=10)  # fmt: skip
+        _count(attacks, f"forged_tasks_{r.status_code}")
+        stop.wait(0.2)
+
+
+def _huge_config(server: LsalServer, stop: threading.Event, attacks: dict[str, int]) -> None:
+    choices = "".join(f'<Choice value="c{i}"/>' for i in range(40_000)) + '<Choice value="c7"/>'
+    xml = f'<View><Text name="text" value="$text"/><Choices name="c" toName="text">{choices}</Choices></View>'
+    s = requests.Session()
+    while not stop.is_set():
+        r = s.post(f"{server.url}/setup", json={"project": "2.1700000000", "schema": xml}, timeout=60)
+        _count(attacks, f"huge_config_{r.status_code}")
+        stop.wait(0.5)
+
+
+def _hang_ups(server: LsalServer, stop: threading.Event, attacks: dict[str, int]) -> None:
+    import socket
+
+    head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+    while not stop.is_set():
+        try:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=2) as sock:
+                sock.sendall(head + b"{" + b" " * 1000)
+            _count(attacks, "hung_up_mid_body")
+        except OSError:
+            _count(attacks, "hang_up_refused")
+        stop.wait(0.2)
 
 
 def _ping(url: str) -> bool:

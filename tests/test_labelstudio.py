@@ -677,3 +677,23 @@ def test_instance_answers_on_its_own_port_only(ls: LabelStudio) -> None:
     assert ls.running
     assert f"Starting development server at {ls.url}/" in ls.log_path.read_text()
     assert ls.legacy_token not in ls.log_path.read_text()
+
+
+@e2e
+def test_tasks_by_id_reads_exactly_the_named_tasks_of_the_project(
+    client: LabelStudioClient, project: tuple[int, list[int]]
+) -> None:
+    pid, ids = project
+    other, other_ids = project_with_tasks(client)
+    client.request("DELETE", f"/api/tasks/{ids[3]}/")
+    wanted = [ids[0], ids[3], ids[17], ids[29], other_ids[0], 987_654_321]
+    got = client.tasks_by_id(pid, wanted, chunk_size=2)  # three requests
+    assert got == {ids[0]: {"text": "task number 0"}, ids[17]: {"text": "task number 17"},
+                   ids[29]: {"text": "task number 29"}}  # fmt: skip
+    assert client.tasks_by_id(other, [other_ids[0], ids[0]]) == {other_ids[0]: {"text": "another project's task"}}
+    assert client.tasks_by_id(pid, []) == {}
+
+
+def project_with_tasks(client: LabelStudioClient) -> tuple[int, list[int]]:
+    pid = create_project(client, f"lsal test {next(_counter)}")
+    return pid, import_tasks(client, pid, [{"text": "another project's task"}])

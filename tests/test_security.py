@@ -6,6 +6,7 @@ Docstrings feed docs/reliability.md (scripts/reliability_table.py).
 from __future__ import annotations
 
 import base64
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -408,3 +409,90 @@ def test_a_cycle_that_lost_its_project_lock_writes_nothing(redis_base_url: str, 
         assert len(stack.stand.projects[pid].predictions) == predictions
         stack.wait_job(job, ("finished",), timeout=120)
         assert stack.store.current(pid) != first
+
+
+def _half_sent(port: int, payload: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(payload)
+    return sock
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    sock.settimeout(0.01)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+
+
+@pytest.mark.integration
+def test_slow_headers_are_cut_off_and_a_client_hanging_up_mid_body_is_no_server_error(
+    settings: Settings, tmp_path: Path, redis_conn: redis.Redis
+) -> None:
+    """Fault: slowloris (300 connections that send half a request line and stop) and clients that hang
+        up in the middle of a /webhook or /predict body
+    Done: a real `lsal serve`; the half-sent requests held open; /health polled meanwhile; 20 requests
+        that declare 100 kB, send 1 kB and close
+    Expected: /health keeps answering; every half-sent connection is closed by the server within
+        HEADER_TIMEOUT (10 s) + 5 s; the hung-up requests are logged as status 499, with no traceback
+        and no 5xx in /metrics
+    Observed: as expected (before: the connections were held open indefinitely, and a hang-up mid-body
+        was a 500 with a 64-line ClientDisconnect traceback)
+    """
+    from backend.http_protocol import HEADER_TIMEOUT
+
+    server = LsalServer(settings, tmp_path / "server.log")
+    try:
+        held = [_half_sent(server.port, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ") for _ in range(300)]
+        assert requests.get(f"{server.url}/health", timeout=5).status_code == 200
+        wait_for(lambda: all(_closed_by_server(s) for s in held), HEADER_TIMEOUT + 5, 0.5, "slow requests cut off")
+        for path in ("/webhook", "/predict") * 10:
+            head = (
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+            )
+            sock = _half_sent(server.port, head.encode() + b"{" + b" " * 1000)
+            sock.close()
+        wait_for(lambda: server.log().count("status=499") >= 20, 30, 0.2, "the hang-ups to be logged")
+        metrics = requests.get(f"{server.url}/metrics", timeout=5).text
+        assert 'status="5' not in metrics
+    finally:
+        server.stop()
+    log = server.log()
+    assert "Traceback" not in log and "ClientDisconnect" not in log and "status=500" not in log
+
+
+def test_a_body_that_trickles_in_is_answered_408(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault: a client that sends its headers, then its body one chunk at a time, too slowly
+    Done: the Guard fed a chunk, then nothing, with BODY_TIMEOUT shortened to 0.2 s
+    Expected: 408 JSON naming the body, without the app running
+    Observed: as expected (before: the request was held as long as the client kept the connection)
+    """
+    import asyncio
+
+    from backend.server import guard
+
+    monkeypatch.setattr(guard, "BODY_TIMEOUT", 0.2)
+    ran: list[bool] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        ran.append(True)
+
+    chunks = [{"type": "http.request", "body": b"{", "more_body": True}]
+
+    async def receive() -> dict[str, Any]:
+        if chunks:
+            return chunks.pop()
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/webhook", "headers": []}
+    asyncio.run(guard.Guard(app, settings)(scope, receive, send))
+    assert ran == [] and sent[0]["status"] == 408
+    assert sent[1]["body"] == b'{"error": "request body not received within 0.2 s", "field": "body"}'

@@ -7,6 +7,7 @@ trigger token that pipelines present to `/train` (AL_TRIGGER_TOKEN). Credentials
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import json
@@ -16,6 +17,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from backend.config import Settings
 
 TRAIN_PATH = "/train"
+#: seconds a request's whole body may take to arrive (slow senders hold a connection and a task)
+BODY_TIMEOUT = 30.0
+#: scope key set when the client disconnected before its body arrived (logged as 499, not 500)
+CLIENT_GONE = "lsal.client_gone"
 BASIC_REQUIRED = {"error": "authentication required", "field": "authorization"}
 TRIGGER_REQUIRED = {"error": "a valid 'Authorization: Bearer <AL_TRIGGER_TOKEN>' is required", "field": "authorization"}
 CHALLENGE = [(b"www-authenticate", b'Basic realm="lsal"')]
@@ -60,10 +65,19 @@ class Guard:
         chunks: list[bytes] = []
         received = 0
         more = True
+        deadline = asyncio.get_running_loop().time() + BODY_TIMEOUT
         while more:
-            message = await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                await send_json(
+                    send, 408, {"error": f"request body not received within {BODY_TIMEOUT:g} s", "field": "body"}
+                )
+                return
             if message["type"] != "http.request":
-                await self.app(scope, receive, send)  # disconnect before the body: let the app see it
+                # The client hung up mid-body: nobody is left to answer, and it is not a server error.
+                scope[CLIENT_GONE] = True
                 return
             body = message.get("body", b"")
             received += len(body)
