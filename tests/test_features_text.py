@@ -100,3 +100,14 @@ def test_tabular_featurizer_imputes_and_standardizes_exactly() -> None:
     np.testing.assert_allclose(X[:, 0], [-1.224744871, 0, 1.224744871])
     np.testing.assert_allclose(X[:, 1], [-1.224744871, 0, 1.224744871])
     np.testing.assert_allclose(f.transform([{"a": 3.0, "zzz": 7.0}]), [[0.0, 0.0]])
+
+
+def test_append_dense_equals_hstack() -> None:
+    from backend.features.text import append_dense
+
+    A = sp.csr_matrix(np.array([[0, 1.5, 0], [0, 0, 0], [2.0, 0, 3.0]], dtype=np.float32))
+    D = np.array([[1, -1], [0, 2], [0.5, 0]], dtype=np.float32)
+    out = append_dense(A, D)
+    assert out.dtype == np.float32 and out.shape == (3, 5)
+    np.testing.assert_array_equal(out.toarray(), np.hstack([A.toarray(), D]))
+    np.testing.assert_array_equal(out.indptr, [0, 3, 5, 9])  # every dense value stored, zeros too

@@ -43,6 +43,26 @@ def shape_numbers(text: str) -> str:
     return _DIGIT.sub("0", strip_accents_unicode(text.lower()))
 
 
+def append_dense(A: sp.csr_matrix, D: np.ndarray) -> sp.csr_matrix:
+    """[A | D] as CSR float32, built in O(nnz + n*d): `sp.hstack` of a dense block scans it for
+    zeros and converts through COO, several times slower on the scoring path."""
+    A = sp.csr_matrix(A)
+    n, d = D.shape
+    if A.shape[0] != n:
+        raise ValueError(f"{A.shape[0]} sparse rows but {n} dense rows")
+    per_row = np.diff(A.indptr)
+    indptr = A.indptr.astype(np.int64) + np.arange(n + 1, dtype=np.int64) * d
+    data = np.empty(int(indptr[-1]), dtype=np.float32)
+    indices = np.empty(int(indptr[-1]), dtype=np.int32)
+    sparse_pos = np.arange(A.nnz, dtype=np.int64) + np.repeat(np.arange(n, dtype=np.int64) * d, per_row)
+    data[sparse_pos] = A.data
+    indices[sparse_pos] = A.indices
+    dense_pos = (indptr[1:] - d)[:, None] + np.arange(d, dtype=np.int64)[None, :]
+    data[dense_pos.ravel()] = np.asarray(D, dtype=np.float32).ravel()
+    indices[dense_pos.ravel()] = np.tile(np.arange(A.shape[1], A.shape[1] + d, dtype=np.int32), n)
+    return sp.csr_matrix((data, indices, indptr), shape=(n, A.shape[1] + d))
+
+
 def check_text_features(value: Any) -> str:
     """Validate a `text_features` setting; raise ValueError naming the value and the choices."""
     if value not in TEXT_FEATURES:
@@ -105,7 +125,7 @@ class TextFeaturizer:
         E = self._embeddings(texts, embeddings)
         if tfidf is None:
             return E
-        return sp.hstack([tfidf, sp.csr_matrix(self.embedding_weight * E)], format="csr", dtype=np.float32)
+        return append_dense(tfidf, self.embedding_weight * E)
 
     def fit_transform(self, texts: Sequence[str], embeddings: np.ndarray | None = None) -> Any:
         """Fit TF-IDF (if used) on `texts` and return their features."""
