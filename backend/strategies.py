@@ -1380,6 +1380,11 @@ def get(name: str) -> Strategy:
     return REGISTRY[key]
 
 
+def pointwise_measure(name: str) -> str:
+    """The measure that scores rows one at a time for strategy ``name`` (:attr:`Strategy.row_measure`)."""
+    return get(name).row_measure
+
+
 def check_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
     """Validate parameters a project gives for strategy ``name`` (names, types, bounds).
 
