@@ -153,6 +153,48 @@ def verbatim(name: str, raw: str) -> str:
     return str(raw)
 
 
+def model_name(name: str, raw: str) -> str:
+    """A model's registered name (backend/models/registry.py); whether it is registered is checked
+    against the registry by /setup and the worker, which have it."""
+    from backend.models.registry import NAME_RE  # lazily: the registry pulls in scikit-learn
+
+    value = str(raw).strip()
+    if not NAME_RE.fullmatch(value):
+        raise ConfigError(name, f"expected a model name (lower-case letters, digits, '-', '_', '.'), got {raw!r}")
+    return value
+
+
+def model_specs(name: str, raw: str) -> str:
+    """``name=module:attribute`` pairs separated by commas (see backend/models/registry.py)."""
+    from backend.models.registry import parse_model_specs
+
+    try:
+        parse_model_specs(str(raw))
+    except ValueError as exc:
+        raise ConfigError(name, str(exc)) from None
+    return str(raw).strip()
+
+
+def host_list(name: str, raw: str) -> frozenset[str]:
+    """Comma-separated host names (``host`` or ``host:port``), lower-cased."""
+    hosts = frozenset(h.strip().lower() for h in str(raw).split(",") if h.strip())
+    bad = sorted(h for h in hosts if "/" in h or "@" in h or " " in h)
+    if bad:
+        raise ConfigError(name, f"expected host names such as images.example.com, got {bad[0]!r}")
+    return hosts
+
+
+def optional_file(name: str, raw: str) -> Path | None:
+    """Empty, or the path of a file that exists."""
+    value = str(raw).strip()
+    if not value:
+        return None
+    p = Path(value).expanduser()
+    if not p.is_file():
+        raise ConfigError(name, f"file {value!r} does not exist")
+    return p
+
+
 def path(name: str, raw: str) -> Path:
     """A filesystem path; `~` is expanded."""
     return Path(str(raw)).expanduser()
@@ -294,6 +336,40 @@ class Settings:
         "Embedding model: wordllama (weights shipped in the wheel), a model2vec hub id or a local model2vec directory",
         per_project=True,
     )
+    model: str = setting(
+        "AL_MODEL",
+        "builtin",
+        model_name,
+        "Model for projects that do not choose one: builtin or a registered plugin (see docs/plugins.md)",
+        per_project=True,
+    )
+    models: str = setting(
+        "AL_MODELS",
+        "",
+        model_specs,
+        "Plugin models besides the lsal.models entry points: name=module:attribute, comma-separated",
+    )
+    image_hosts: frozenset[str] = setting(
+        "AL_IMAGE_HOSTS",
+        frozenset(),
+        host_list,
+        "Hosts besides Label Studio that task images may be fetched from (comma-separated); none by default",
+    )
+    image_max_bytes: int = setting(
+        "AL_IMAGE_MAX_BYTES", 20 * 1024 * 1024, integer(1024), "Largest image file lsal downloads (bytes)"
+    )
+    image_max_pixels: int = setting(
+        "AL_IMAGE_MAX_PIXELS",
+        40_000_000,
+        integer(1),
+        "Largest image lsal decodes (width x height); larger ones are skipped unread",
+    )
+    image_onnx: Path | None = setting(
+        "AL_IMAGE_ONNX",
+        None,
+        optional_file,
+        "ONNX image model whose output embeds images (instead of the built-in pixel features)",
+    )
     pool_reconcile: int = setting(
         "AL_POOL_RECONCILE", 3600, integer(0), "Seconds between full reads of the task pool from Label Studio"
     )
@@ -349,6 +425,10 @@ def _as_text(value: Any) -> str:
     """A default as it would be written in the environment (the README shows this form)."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if value is None:
+        return ""
+    if isinstance(value, frozenset):
+        return ",".join(sorted(value))
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     if isinstance(value, Path) and not value.is_absolute() and not str(value).startswith("."):
@@ -410,6 +490,7 @@ class ProjectConfig:
     set_sampling: bool = _DEFAULTS["set_sampling"]
     text_features: str = _DEFAULTS["text_features"]
     embedding_model: str = _DEFAULTS["embedding_model"]
+    model: str = _DEFAULTS["model"]
     # Only from extra params (a JSON object): the strategy's own parameters, e.g. {"beta": 2}.
     strategy_params: Mapping[str, Any] = field(default_factory=dict)
 

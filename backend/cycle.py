@@ -30,12 +30,15 @@ from backend import pace, projects, selection, stopping, strategies
 from backend.config import ProjectConfig, Settings
 from backend.cycle_log import cycle_history, record_cycle
 from backend.features.cache import PoolEmbeddings
+from backend.images import ImageFeatureCache, feature_cache
 from backend.labelconfig import TaskSpec, parse_label_config, task_input
 from backend.labelstudio import LabelStudioClient
-from backend.learner import Learner, TrainingSet, training_set
+from backend.learner import TrainingSet, training_set
+from backend.models import BUILTIN, LearnerModel, Model, ModelRegistry, fit_checked, scorer_for, scorer_for_strategy
+from backend.models.base import call, check_proba
 from backend.pool import PoolCache, PoolSnapshot
 from backend.projectdir import ProjectDir, read_json, write_json
-from backend.selection import Prediction
+from backend.selection import Prediction, Scorer
 from backend.store import ModelStore
 
 log = logging.getLogger("lsal.cycle")
@@ -57,6 +60,11 @@ class CycleDeps:
     client: LabelStudioClient
     store: ModelStore
     progress: Progress = _no_progress
+    models: ModelRegistry = field(default_factory=ModelRegistry)
+
+    def load_model(self, project: int, spec: TaskSpec) -> tuple[str, Model] | None:
+        """The project's current (version, model), or None before its first version."""
+        return self.store.load(project, lambda path: self.models.load_version(path, spec))
 
 
 @dataclass
@@ -123,8 +131,12 @@ def cross_validate(
     folds: int = 5,
     learner_params: Mapping[str, Any] | None = None,
     embeddings: np.ndarray | None = None,
+    *,
+    models: ModelRegistry | None = None,
+    model: str = BUILTIN,
 ) -> dict[str, float | None]:
-    """Cross-validated accuracy and macro-F1 of a fresh learner on the labeled set.
+    """Cross-validated accuracy and macro-F1 of a fresh model (``model`` from ``models``; the built-in
+    learner with ``learner_params`` and the texts' cached ``embeddings``) on the labeled set.
 
     Stratified k-fold with k = min(folds, smallest class count); None when a class has a single
     example. Capped at CV_MAX_LABELS labels (a seeded subsample) to bound the cost.
@@ -152,13 +164,14 @@ def cross_validate(
         train_y = [y[i] for i in train_idx]
         if not spec.multi_label and len(set(train_y)) < 2:
             continue
-        learner = Learner(spec, seed=seed, **(learner_params or {})).fit(
-            [inputs[i] for i in train_idx], train_y, None if emb is None else emb[train_idx]
-        )
-        proba = learner.predict_proba(
-            learner.transform([inputs[i] for i in test_idx], None if emb is None else emb[test_idx])
-        )
-        labels = learner.predict_labels(proba)
+        fresh = (models or ModelRegistry()).create(model, spec, seed=seed, learner_params=learner_params)
+        fitted = fit_checked(fresh, [inputs[i] for i in train_idx], train_y, None if emb is None else emb[train_idx])
+        test = [inputs[i] for i in test_idx]
+        if isinstance(fitted, LearnerModel):
+            proba = fitted.learner.predict_proba(fitted.learner.transform(test, None if emb is None else emb[test_idx]))
+        else:
+            proba = check_proba(fitted, call(fitted, "predict_proba", test), len(test))
+        labels = fitted.predict_labels(proba)
         truth.extend(y[i] for i in test_idx)
         pred.extend(labels)
     if not truth:
@@ -205,15 +218,17 @@ def run_cycle(deps: CycleDeps, project: int) -> CycleReport:
     settings, client, progress = deps.settings, deps.client, deps.progress
     with _stage(report, progress, "setup"):
         spec, config, xml = project_spec(deps, project)
+        model_class = deps.models.model_class(config.model, spec)  # an unknown or broken model fails first
     with _stage(report, progress, "fetch_labels"):
         labeled = client.labeled_tasks(project)
         ts = training_set(spec, labeled)
     # Tasks with any annotation (skips included) are not offered again.
     done = {int(t["id"]) for t in labeled}
-    pool_embeddings = _pool_embeddings(spec, config, progress)
+    # Cached text embeddings feed the built-in learner only; a plugin featurizes its own inputs.
+    pool_embeddings = _pool_embeddings(spec, config, progress) if model_class is LearnerModel else None
     with _stage(report, progress, "read_pool"):
         ids, inputs = unlabeled_pool(
-            deps, project, spec, xml, done, prepare=pool_embeddings.update if pool_embeddings else None
+            deps, project, spec, xml, done, prepare=pool_embeddings.update if pool_embeddings else None, ts=ts
         )
     if pool_embeddings is not None:
         report.embeddings = dict(pool_embeddings.stats)
@@ -233,33 +248,41 @@ def run_cycle(deps: CycleDeps, project: int) -> CycleReport:
 
     with _stage(report, progress, "fit"):
         labeled_emb = pool_embeddings.rows(ts.task_ids, ts.inputs) if pool_embeddings is not None else None
-        learner = Learner(spec, seed=settings.seed, **config.learner_params()).fit(ts.inputs, ts.y, labeled_emb)
+        fresh = deps.models.create(config.model, spec, seed=settings.seed, learner_params=config.learner_params())
+        model = fit_checked(fresh, ts.inputs, ts.y, labeled_emb)
     with _stage(report, progress, "evaluate"):
         report.metrics = cross_validate(
-            spec, ts, settings.seed, learner_params=config.learner_params(), embeddings=labeled_emb
+            spec,
+            ts,
+            settings.seed,
+            learner_params=config.learner_params(),
+            embeddings=labeled_emb,
+            models=deps.models,
+            model=config.model,
         )
     with _stage(report, progress, "publish"):
         metadata = {
             "project": project,
+            "model": config.model,
             "n_labels": len(ts.y),
             "label_counts": report.label_counts,
             "metrics": report.metrics,
             "strategy": strategies.resolve(config.strategy),
             "strategy_params": dict(config.strategy_params),
-            "classes": list(learner.classes_),
+            "classes": list(model.classes_),
             "training_stats": ts.stats,
         }
-        report.version = deps.store.publish(project, learner.save, metadata)
+        report.version = deps.store.publish(project, model.save, metadata)
     report.status = "trained"
     with _stage(report, progress, "stability"):
-        report.stability = stop_set_agreement(deps.settings, project, learner, report.version, ids, inputs)
-    _score_and_write(deps, project, spec, config, learner, report, ids, inputs, ts, pool_emb, labeled_emb)
+        report.stability = stop_set_agreement(deps.settings, project, scorer_for(model), report.version, ids, inputs)
+    _score_and_write(deps, project, spec, config, model, report, ids, inputs, ts, pool_emb, labeled_emb)
     record_cycle(deps.settings.model_dir, report)
     return report
 
 
 def stop_set_agreement(
-    settings: Settings, project: int, learner: Learner, version: str | None, ids: list[int], inputs: list[Any]
+    settings: Settings, project: int, learner: Scorer, version: str | None, ids: list[int], inputs: list[Any]
 ) -> dict[str, Any]:
     """Predict the project's fixed stop set and compare with the previous version (stopping.py).
 
@@ -278,7 +301,9 @@ def stop_set_agreement(
         pick = sorted(rng.choice(len(ids), min(stopping.STOP_SET_SIZE, len(ids)), replace=False)) if ids else []
         stop_ids = [ids[i] for i in pick]
         stop_inputs = [by_id[i] for i in stop_ids]
-        write_json(pdir.stop_set, {"ids": stop_ids, "inputs": stop_inputs})
+        # Image inputs are feature vectors: stored as lists of numbers.
+        stored_inputs = [x.tolist() if isinstance(x, np.ndarray) else x for x in stop_inputs]
+        write_json(pdir.stop_set, {"ids": stop_ids, "inputs": stored_inputs})
     if not stop_ids:
         return {"kappa": None, "changed": None, "compared": 0}
     labels = learner.predict_labels(learner.predict_proba(learner.transform(stop_inputs)))
@@ -306,16 +331,29 @@ def unlabeled_pool(
     label_config: str,
     done: set[int],
     prepare: Callable[[PoolSnapshot], bool] | None = None,
+    *,
+    ts: TrainingSet | None = None,
 ) -> tuple[list[int], list[Any]]:
     """Ids and model inputs of the tasks still to label, from the pool cache (read in full when due).
 
-    `prepare` sees the snapshot before it is saved (the pool's embeddings are added there)."""
-    snap = PoolCache(deps.settings.model_dir, project).sync(
+    `prepare` sees the snapshot before it is saved (the pool's embeddings are added there). Image
+    projects: the inputs are image feature vectors (see :func:`image_inputs`), and so are the
+    training set's (``ts``, updated in place)."""
+    cache = PoolCache(deps.settings.model_dir, project)
+    snap = cache.sync(
         label_config,
         deps.settings.pool_reconcile,
         lambda: deps.client.iter_tasks(project, include=("id", "data")),
         prepare=prepare,
     )
+    ids, inputs = _pool_inputs(spec, snap, done)
+    if spec.kind == "image":
+        ids, inputs = image_inputs(deps, snap, ids, inputs, ts)
+        cache.save(snap)
+    return ids, inputs
+
+
+def _pool_inputs(spec: TaskSpec, snap: PoolSnapshot, done: set[int]) -> tuple[list[int], list[Any]]:
     ids: list[int] = []
     inputs: list[Any] = []
     for task_id in sorted(snap.data):
@@ -329,12 +367,40 @@ def unlabeled_pool(
     return ids, inputs
 
 
+def image_cache(deps: CycleDeps) -> ImageFeatureCache:
+    """Fetches and featurizes task images as the settings say (AL_IMAGE_*), with lsal's key."""
+    return feature_cache(deps.settings, deps.client.session, deps.client.auth_headers)
+
+
+def image_inputs(
+    deps: CycleDeps, snap: PoolSnapshot, ids: list[int], refs: list[Any], ts: TrainingSet | None
+) -> tuple[list[int], list[Any]]:
+    """Image feature vectors for the pool (``ids``, ``refs``) and the training set ``ts`` (in place),
+    computed once per task and image reference and kept in ``snap.arrays``.
+
+    Tasks whose image cannot be fetched or decoded are left out and counted by reason in
+    ``ts.stats``: ``images_skipped`` (labeled tasks) and ``pool_images_skipped`` (unlabeled ones)."""
+    images = image_cache(deps)
+    if ts is not None:
+        kept_ids, vectors = images.vectors(snap.arrays, ts.task_ids, ts.inputs)
+        position = {task_id: i for i, task_id in enumerate(ts.task_ids)}
+        ts.y = [ts.y[position[t]] for t in kept_ids]
+        ts.task_ids, ts.inputs = kept_ids, list(vectors)
+        ts.stats["images_skipped"] = dict(images.skipped)
+        ts.stats["used"] = len(ts.y)
+        images.skipped.clear()
+    out_ids, out_vectors = images.vectors(snap.arrays, ids, refs)
+    if ts is not None:
+        ts.stats["pool_images_skipped"] = dict(images.skipped)
+    return out_ids, list(out_vectors)
+
+
 def _score_and_write(
     deps: CycleDeps,
     project: int,
     spec: TaskSpec,
     config: ProjectConfig,
-    learner: Learner,
+    model: Model,
     report: CycleReport,
     ids: list[int],
     inputs: list[Any],
@@ -344,6 +410,7 @@ def _score_and_write(
 ) -> None:
     settings, progress = deps.settings, deps.progress
     name = strategies.resolve(config.strategy)
+    learner = scorer_for_strategy(model, name, config.strategy_params)
     report.pool = len(ids)
     if not ids:
         report.status = "no_pool"
@@ -442,13 +509,13 @@ def _seed_order(
 def score_new_tasks(deps: CycleDeps, project: int, task_ids: Sequence[int]) -> dict[str, Any]:
     """Stream scoring: predictions for just-imported tasks with the current model, so they enter
     the queue at their priority without waiting for a retrain. Skipped in cold start (no model)."""
-    loaded = deps.store.load(project, Learner.load)
+    spec, config, _ = project_spec(deps, project)
+    loaded = deps.load_model(project, spec)
     if loaded is None:
         return {"status": "cold_start", "written": 0}
-    version, learner = loaded
+    version, model = loaded
     if version not in ProjectDir(deps.settings.model_dir, project).written_versions():
         return {"status": "version_not_live", "written": 0}
-    spec, config, _ = project_spec(deps, project)
     snap = PoolCache(deps.settings.model_dir, project).load()
     data = snap.data if snap is not None else {}
     ids: list[int] = []
@@ -459,8 +526,12 @@ def score_new_tasks(deps: CycleDeps, project: int, task_ids: Sequence[int]) -> d
         except (KeyError, ValueError, TypeError):
             continue
         ids.append(int(task_id))
+    if spec.kind == "image" and snap is not None:
+        # Not saved: the next cycle (which holds the project's pool) computes and keeps them.
+        ids, inputs = image_cache(deps).vectors(dict(snap.arrays), ids, inputs)
     if not ids:
         return {"status": "nothing_to_score", "written": 0}
+    learner = scorer_for_strategy(model, config.strategy, config.strategy_params)
     predictions = selection.predict(
         learner,
         spec,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import io
 import logging
@@ -35,7 +36,8 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
 import numpy as np
@@ -43,6 +45,9 @@ import requests
 from PIL import Image, UnidentifiedImageError
 
 from backend.pool import TaskArray
+
+if TYPE_CHECKING:
+    from backend.config import Settings
 
 __all__ = [
     "CLOUD_SCHEMES",
@@ -52,6 +57,7 @@ __all__ = [
     "ImagePolicy",
     "ImageSkipped",
     "decode_image",
+    "feature_cache",
     "fetch_image",
     "load_image",
 ]
@@ -331,3 +337,25 @@ class ImageFeatureCache:
         arrays[feat_name] = TaskArray(kept_ids_all, values_all)
         arrays[ref_name] = TaskArray(kept_ids_all, hashes_all)
         return [int(i) for i in kept_ids], [values[i] for i in keep]
+
+
+@functools.lru_cache(maxsize=4)
+def featurizer_for(onnx_path: Path | None) -> Any:
+    """The image featurizer AL_IMAGE_ONNX chooses (the built-in one when unset), built once per process."""
+    from backend.features.image import OnnxEmbedder, PixelFeaturizer
+
+    return OnnxEmbedder(onnx_path) if onnx_path else PixelFeaturizer()
+
+
+def feature_cache(
+    settings: Settings, session: requests.Session, ls_headers: Callable[[], Mapping[str, str]]
+) -> ImageFeatureCache:
+    """An :class:`ImageFeatureCache` as the settings say (AL_IMAGE_*), fetching with ``ls_headers``."""
+    policy = ImagePolicy(
+        label_studio_url=settings.label_studio_url,
+        allowed_hosts=settings.image_hosts,
+        max_bytes=settings.image_max_bytes,
+        max_pixels=settings.image_max_pixels,
+        timeout=settings.ls_timeout,
+    )
+    return ImageFeatureCache(featurizer_for(settings.image_onnx), policy, session, ls_headers)

@@ -10,6 +10,9 @@ Supported: one `<Choices>` control (single, or `choice="multiple"` for multi-lab
   Numbers (and numeric strings) are features; other values count as missing and are imputed by
   the learner. A task without that key falls back to its own top-level numeric fields, so a CSV
   imported with one column per feature works too.
+- `<Image value="$key">`: `task.data[key]` is a reference to the image (an uploaded file
+  `/data/upload/...`, local-files storage `/data/local-files/?d=...`, a cloud-storage URI such as
+  `s3://bucket/key`, or an http(s) URL); `backend/images.py` fetches and decodes it.
 
 The first `<Choices>` bound to a supported object is used; other controls are ignored, and so is a
 `<Choices perRegion="true">` (it labels regions, not the task). Tag names match case-insensitively,
@@ -38,10 +41,13 @@ MAX_CONFIG_BYTES = 1_000_000
 PARSE_CACHE_SIZE = 64
 TEXT_TAGS = {"Text": "text", "HyperText": "text"}
 TABLE_TAGS = {"Table": "tabular"}
+IMAGE_TAGS = {"Image": "image"}
+OBJECT_TAGS = TEXT_TAGS | TABLE_TAGS | IMAGE_TAGS
+NO_OBJECT = "no <Choices> bound to a Text, HyperText, Table or Image object"
 _TAG_RE = re.compile(r"<[^>]+>")
 # Script/style bodies and comments are not visible text; drop them before stripping tags.
 _INVISIBLE_RE = re.compile(r"<(script|style)\b[^>]*>.*?</\1\s*>|<!--.*?-->", re.IGNORECASE | re.DOTALL)
-_CANONICAL = {t.lower(): t for t in ("View", "Choices", "Choice", *TEXT_TAGS, *TABLE_TAGS)}
+_CANONICAL = {t.lower(): t for t in ("View", "Choices", "Choice", *OBJECT_TAGS)}
 
 
 class LabelConfigError(ValueError):
@@ -138,12 +144,12 @@ def _parse_label_config(xml: str) -> TaskSpec:
     objects: dict[str, Element] = {}
     for el in root.iter():
         name = el.get("name")
-        if name and el.tag in TEXT_TAGS | TABLE_TAGS:
+        if name and el.tag in OBJECT_TAGS:
             objects.setdefault(name, el)
     all_named = {el.get("name"): el for el in root.iter() if el.get("name")}
     choices = [el for el in root.iter() if el.tag == "Choices"]
     if not choices:
-        raise LabelConfigError("no <Choices> bound to a Text or Table object")
+        raise LabelConfigError(NO_OBJECT)
     problems: list[str] = []
     for control in choices:
         name = control.get("name")
@@ -167,7 +173,7 @@ def _parse_label_config(xml: str) -> TaskSpec:
         if not value.startswith("$") or len(value) < 2:
             problems.append(f'<{target.tag} name={to_name!r}> has value={value!r}; expected value="$key"')
             continue
-        if (target.get("valueType") or "").lower() == "url":
+        if target.tag not in IMAGE_TAGS and (target.get("valueType") or "").lower() == "url":
             problems.append(f'<{target.tag} name={to_name!r}> has valueType="url"; lsal needs the text inline')
             continue
         labels = tuple(c.get("alias") or c.get("value") or "" for c in control.iter("Choice"))
@@ -180,7 +186,9 @@ def _parse_label_config(xml: str) -> TaskSpec:
             dupes = sorted(label for label, n in counts.items() if n > 1)
             problems.append(f"<Choices name={name!r}> repeats choice values {dupes}")
             continue
-        kind: Literal["text", "tabular"] = "tabular" if target.tag in TABLE_TAGS else "text"
+        kind: Literal["text", "tabular", "image"] = (
+            "tabular" if target.tag in TABLE_TAGS else "image" if target.tag in IMAGE_TAGS else "text"
+        )
         return TaskSpec(
             from_name=name,
             to_name=to_name,
@@ -191,7 +199,7 @@ def _parse_label_config(xml: str) -> TaskSpec:
             object_tag=target.tag,
         )
     detail = "; ".join(problems)
-    raise LabelConfigError(f"no <Choices> bound to a Text or Table object ({detail})")
+    raise LabelConfigError(f"{NO_OBJECT} ({detail})")
 
 
 def choices_result(spec: TaskSpec, labels: Sequence[str]) -> list[dict[str, Any]]:
@@ -237,9 +245,16 @@ def _number(value: Any) -> float | None:
 
 
 def task_input(spec: TaskSpec, data: Mapping[str, Any]) -> str | dict[str, float]:
-    """The model input of one task: its text, or its numeric fields (missing key -> ValueError)."""
+    """The model input of one task: its text, its numeric fields, or its image reference (a string
+    for backend/images.py to fetch). A missing key or a value of the wrong type -> ValueError."""
     if not isinstance(data, Mapping):
         raise ValueError(f"task data must be an object, got {type(data).__name__}")
+    if spec.kind == "image":
+        # Files imported without a key sit under Label Studio's "$undefined$" until it renames them.
+        ref = data.get(spec.data_key, data.get("$undefined$"))
+        if not isinstance(ref, str) or not ref.strip():
+            raise ValueError(f"task data {spec.data_key!r} must be an image URL, got {ref!r:.80}")
+        return ref.strip()
     if spec.kind == "text":
         if spec.data_key not in data:
             raise ValueError(f"task data has no key {spec.data_key!r}")

@@ -56,7 +56,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
@@ -75,7 +74,19 @@ from backend.labelconfig import TaskSpec, annotation_labels, task_input
 
 __all__ = ["ARTIFACT", "Learner", "TrainingSet", "shape_numbers", "training_set"]
 
-ARTIFACT = "learner.joblib"
+ARTIFACT = "learner.skops"
+#: What a saved Learner holds besides scikit-learn, numpy and builtins: the only other types its
+#: artifact may name (backend/models/artifacts.py refuses any other; tests/test_models.py saves and
+#: loads every kind of Learner, so a type added here without being listed fails there).
+TRUSTED_TYPES: tuple[str, ...] = (
+    "backend.labelconfig.TaskSpec",
+    "backend.learner.Learner",
+    "backend.learner._Constant",
+    "backend.learner._FirstColumns",
+    "backend.features.text.TextFeaturizer",
+    "backend.features.text.shape_numbers",
+    "backend.features.tabular.TabularFeaturizer",
+)
 
 
 # -- training data ---------------------------------------------------------------------------
@@ -476,8 +487,11 @@ class Learner:
     # -- persistence ---------------------------------------------------------------------------
 
     def save(self, path: Path) -> None:
+        """Write the fitted learner into the directory ``path`` (skops: no code runs when it is read)."""
+        from backend.models import artifacts  # lazily: backend.models imports this module
+
         path = Path(path)
-        joblib.dump(self, path / ARTIFACT, compress=3)
+        artifacts.dump(self, path / ARTIFACT)
         (path / "learner.json").write_text(
             json.dumps(
                 {
@@ -492,7 +506,12 @@ class Learner:
 
     @classmethod
     def load(cls, path: Path) -> Learner:
-        learner = joblib.load(Path(path) / ARTIFACT)
+        """Read a learner :meth:`save` wrote, trusting only :data:`TRUSTED_TYPES` beyond skops's defaults.
+
+        A ``learner.joblib`` of an earlier release is not read (unpickling runs code): ModelError."""
+        from backend.models import artifacts
+
+        learner = artifacts.load(Path(path) / ARTIFACT, trusted=TRUSTED_TYPES)
         if not isinstance(learner, cls):
             raise TypeError(f"{path} does not hold a Learner")
         return learner

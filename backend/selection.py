@@ -428,5 +428,10 @@ def label_free_features(
     embeddings: np.ndarray | None = None,
 ) -> Any:
     """Features that need no labels, for cold-start clustering: the learner's own featurizer
-    (TF-IDF and/or embeddings for text; median-imputed, standardized numbers for tables), fitted on the pool."""
+    (TF-IDF and/or embeddings for text; median-imputed, standardized numbers for tables), fitted on the
+    pool; for images, the image feature vectors, standardized."""
+    if spec.kind == "image":
+        X = np.asarray(np.stack([np.asarray(x, dtype=np.float64) for x in inputs]))
+        scale = X.std(axis=0)
+        return (X - X.mean(axis=0)) / np.where(scale > 0, scale, 1.0)
     return Learner(spec, seed=seed, **(learner_params or {})).fit_features(inputs, embeddings)

@@ -4,7 +4,8 @@
 a training pool, lets each strategy ask for ``--batch`` labels at a time (the "oracle" answers with
 the true label), retrains after every batch and scores every model on a held-out test split.
 
-It uses exactly the production code path: :class:`backend.learner.Learner` for the model,
+It uses exactly the production code path: the project's model from the registry (``--model``;
+default the built-in :class:`backend.learner.Learner`, see backend/models/),
 :func:`backend.selection.select` for the batch (the function the worker uses to fill Label
 Studio's queue) and :func:`backend.labelconfig.task_input` to turn a row into a model input.
 Nothing here re-implements a strategy.
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import math
 import multiprocessing as mp
@@ -55,6 +57,8 @@ from sklearn.model_selection import train_test_split
 from backend import selection, strategies
 from backend.labelconfig import LabelConfigError, TaskSpec, parse_label_config, task_input
 from backend.learner import Learner
+from backend.models import BUILTIN, Model, ModelRegistry, fit_checked, scorer_for_strategy
+from backend.models.base import call, check_proba
 
 EXIT_USAGE = 2
 METRICS: tuple[str, ...] = ("accuracy", "macro_f1")
@@ -274,6 +278,14 @@ class Plan:
     batch: int
     budget: int
     learner_params: dict[str, Any] = field(default_factory=dict)
+    model: str = BUILTIN  # a name in the registry of AL_MODELS + entry points (``models_env``)
+    models_env: str = ""
+
+
+@functools.lru_cache(maxsize=4)
+def _registry(models_env: str) -> ModelRegistry:
+    """The registered models, discovered once per process (worker processes rebuild it by name)."""
+    return ModelRegistry.discover(models_env)
 
 
 def split(y: Sequence[str], test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -316,15 +328,15 @@ def cold_start_set(
     return picks
 
 
-def _fit(plan: Plan, labeled: Sequence[int], seed: int) -> Learner:
-    """The production learner fitted on the labeled pool rows, as the cycle fits it."""
-    learner = Learner(plan.spec, seed=seed, **plan.learner_params)
-    return learner.fit([plan.pool_inputs[i] for i in labeled], [plan.pool_y[i] for i in labeled])
+def _fit(plan: Plan, labeled: Sequence[int], seed: int) -> Model:
+    """The project's model (``plan.model``) fitted on the labeled pool rows, as the cycle fits it."""
+    model = _registry(plan.models_env).create(plan.model, plan.spec, seed=seed, learner_params=plan.learner_params)
+    return fit_checked(model, [plan.pool_inputs[i] for i in labeled], [plan.pool_y[i] for i in labeled])
 
 
-def _score(learner: Learner, inputs: Sequence[Any], y: Sequence[str]) -> tuple[float, float]:
-    proba = learner.predict_proba(learner.transform(inputs))
-    pred = [row[0] if row else "" for row in learner.predict_labels(proba)]
+def _score(model: Model, inputs: Sequence[Any], y: Sequence[str]) -> tuple[float, float]:
+    proba = check_proba(model, call(model, "predict_proba", inputs), len(inputs))
+    pred = [row[0] if row else "" for row in model.predict_labels(proba)]
     acc = float(accuracy_score(y, pred))
     f1 = float(f1_score(y, pred, average="macro", zero_division=0))
     return round(acc, 6), round(f1, 6)
@@ -340,8 +352,8 @@ def run_one(plan: Plan, name: str, repeat: int, tick: Callable[[], None] | None 
     out: dict[str, Any] = {"repeat": repeat, "seed": seed, "n_labels": [], "accuracy": [], "macro_f1": []}
     step = 0
     while True:
-        learner = _fit(plan, labeled, seed)
-        acc, f1 = _score(learner, plan.test_inputs, plan.test_y)
+        model = _fit(plan, labeled, seed)
+        acc, f1 = _score(model, plan.test_inputs, plan.test_y)
         out["n_labels"].append(len(labeled))
         out["accuracy"].append(acc)
         out["macro_f1"].append(f1)
@@ -352,7 +364,7 @@ def run_one(plan: Plan, name: str, repeat: int, tick: Callable[[], None] | None 
         k = min(plan.batch, plan.budget - len(labeled))
         rest = np.flatnonzero(in_pool)
         chosen = selection.select(
-            learner,
+            scorer_for_strategy(model, name),
             [plan.pool_inputs[i] for i in rest],
             name,
             k,
@@ -490,6 +502,8 @@ class SimulationConfig:
     learner_params: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     test_data: str | None = None  # a fixed labeled test file; the whole of `data` is then the pool
+    model: str = BUILTIN
+    models_env: str = ""
 
 
 def check_config(cfg: SimulationConfig) -> list[str]:
@@ -623,8 +637,16 @@ def simulate(cfg: SimulationConfig, progress: TextIO | None = None) -> dict[str,
         batch=cfg.batch,
         budget=cfg.budget,
         learner_params=dict(cfg.learner_params),
+        model=cfg.model,
+        models_env=cfg.models_env,
     )
     resolved = {n: strategies.resolve(n) for n in names}
+    registry = _registry(cfg.models_env)
+    for n in dict.fromkeys(resolved.values()):
+        entry = strategies.get(n)
+        refused = registry.refusal(cfg.model, ds.spec, entry.name, entry.needs)
+        if refused is not None:
+            raise SimulationError(f"--model {cfg.model}: {refused[0]}")
     # A name that resolves to a strategy already listed (default -> diversity) reuses its runs.
     concrete: list[str] = list(dict.fromkeys(resolved.values()))
 
@@ -678,6 +700,7 @@ def simulate(cfg: SimulationConfig, progress: TextIO | None = None) -> dict[str,
             "seed": cfg.seed,
             "jobs": cfg.jobs,
             "learner_params": dict(cfg.learner_params),
+            "model": cfg.model,
             **cfg.extra,
         },
         "dataset": {
@@ -830,6 +853,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="a Learner setting to try instead of its default, e.g. C=1 (repeatable)",
     )
+    p.add_argument(
+        "--model",
+        default=BUILTIN,
+        metavar="NAME",
+        help="a registered model (lsal.models entry points, AL_MODELS); default: builtin",
+    )
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_simulate)
@@ -855,6 +884,8 @@ def config_from_args(args: argparse.Namespace) -> SimulationConfig:
         out=args.out,
         learner_params=dict(args.learner_param),
         test_data=args.test_data,
+        model=args.model,
+        models_env=os.environ.get("AL_MODELS", ""),
     )
 
 

@@ -7,6 +7,7 @@ variables as the server) and take the Redis connection from RQ: no hidden global
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import shutil
 import threading
@@ -28,11 +29,18 @@ from backend.cycle import CycleDeps, cleanup_stale, run_cycle, score_new_tasks
 from backend.jobs import CLEANUP_FUNC, JOB_FUNCS, LOCK_TTL, SERIALIZER, TASKS_MARKER, Jobs, progress_reporter
 from backend.labelstudio import LabelStudioClient, LabelStudioError
 from backend.metrics import forget_metrics, record_cycle, record_cycle_failure
+from backend.models import ModelError, ModelRegistry
 from backend.pool import PoolCache
 from backend.projectdir import ProjectDir
 from backend.store import ModelStore
 
 log = logging.getLogger("lsal.worker")
+
+
+@functools.lru_cache(maxsize=4)
+def registry(al_models: str) -> ModelRegistry:
+    """The registered models (entry points + AL_MODELS), discovered once per worker process."""
+    return ModelRegistry.discover(al_models)
 
 
 def _context(job: Job) -> tuple[Settings, Jobs, CycleDeps]:
@@ -49,6 +57,7 @@ def _context(job: Job) -> tuple[Settings, Jobs, CycleDeps]:
         client=client,
         store=ModelStore(settings.model_dir, keep=settings.keep_versions),
         progress=progress_reporter(job),
+        models=registry(settings.models),
     )
     return settings, jobs, deps
 
@@ -188,6 +197,13 @@ def cycle_job(project: int, reason: str) -> dict[str, Any]:
         if exc.status == 404 and forget_unknown_project(deps, jobs, project):
             return {"status": "unknown_project", "project": project, "reason": reason}
         _fail(job, f"Label Studio: {exc}")
+        record_cycle_failure(job.connection, settings.queue_name, project)
+        raise
+    except ModelError as exc:
+        # A broken model does not mend by waiting: no retry (RQ's retries are for Label Studio or
+        # Redis hiccups). Nothing was published, so the previous version keeps serving.
+        job.retries_left = 0
+        _fail(job, f"model: {exc}")
         record_cycle_failure(job.connection, settings.queue_name, project)
         raise
     except Exception as exc:

@@ -144,12 +144,12 @@ def stop_group(proc: subprocess.Popen[bytes]) -> None:
 class WorkerProcess:
     """A real `lsal worker` subprocess (an RQ SimpleWorker) on the test's queue."""
 
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    def __init__(self, settings: Settings, log_path: Path, extra_env: dict[str, str] | None = None) -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "backend.cli", "worker"],
-            env=settings_env(settings),
+            env={**settings_env(settings), **(extra_env or {})},
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
@@ -236,7 +236,9 @@ class LsalServer:
                 raise AssertionError(f"lsal serve exited with {self.proc.returncode}: {self.log()[-2000:]}")
             try:
                 return requests.get(f"{self.url}/health", timeout=1, auth=settings.basic_auth).ok
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
+                # The port is bound before the HTTP worker processes have imported the app: a
+                # request may wait in the backlog past the timeout while they start (loaded machine).
                 return False
 
         wait_for(healthy, 60, 0.2, "lsal serve to answer /health")

@@ -94,6 +94,7 @@ def test_project_config_is_the_per_project_settings_with_their_defaults() -> Non
         "set_sampling",
         "text_features",
         "embedding_model",
+        "model",
     ]
     assert [f.name for f in fields(ProjectConfig)] == [*PER_PROJECT, "strategy_params"]  # the last: extra params only
     assert ProjectConfig() == ProjectConfig.defaults(Settings())
@@ -108,6 +109,7 @@ def test_project_config_is_the_per_project_settings_with_their_defaults() -> Non
         "text_features": "tfidf+embedding",
         "embedding_model": "wordllama",
         "strategy_params": {},
+        "model": "builtin",
     }
 
 

@@ -177,7 +177,8 @@ def test_score_new_tasks_writes_the_current_models_predictions_for_new_tasks(
     out = cycle.score_new_tasks(deps, PID, [*new, 999_999])  # an id the pool does not know is skipped
     assert out == {"status": "scored", "version": version, "written": 3, "created": 3}
     preds = [p for p in written(stand, version) if p["task"] in new]
-    learner = deps.store.load(PID, Learner.load)[1]  # type: ignore[index]
+    # A store of its own: deps.store caches the loaded version as the cycle's model object.
+    learner = ModelStore(deps.settings.model_dir).load(PID, Learner.load)[1]  # type: ignore[index]
     proba = learner.predict_proba(learner.transform(texts))
     margin = strategies.informativeness("margin", strategies.ScoringInput(proba=proba))  # diversity's row measure
     assert [p["score"] for p in sorted(preds, key=lambda p: p["task"])] == [float(1 - m) for m in margin]

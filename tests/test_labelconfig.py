@@ -51,17 +51,50 @@ TEXT = '<Text name="text" value="$text"/>'
             TaskSpec("tags", "text", "text", ("billing", "bug", "feature_request", "urgent"), True, "text", "Text"),
         ),
         ("tabular.xml", TaskSpec("label", "table", "features", ("spam", "no_spam"), False, "tabular", "Table")),
+        ("image.xml", TaskSpec("label", "image", "image", ("cat", "dog", "other"), False, "image", "Image")),
     ],
 )
 def test_shipped_configs(name: str, expected: TaskSpec) -> None:
     assert parse_label_config((CONFIGS / name).read_text()) == expected
 
 
+def test_image_config() -> None:
+    xml = view(
+        '<Image name="img" value="$image" zoom="true"/>'
+        '<Choices name="digit" toName="img"><Choice value="0"/><Choice value="1"/></Choices>'
+    )
+    assert parse_label_config(xml) == TaskSpec("digit", "img", "image", ("0", "1"), False, "image", "Image")
+    # valueType="url" is how an Image is always given: it is not refused as it is for Text.
+    xml_url = view(
+        '<Image name="i" value="$u" valueType="url"/><Choices name="c" toName="i"><Choice value="a"/></Choices>'
+    )
+    assert parse_label_config(xml_url).kind == "image"
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"image": "/data/upload/1/a.png"}, "/data/upload/1/a.png"),
+        ({"image": "  s3://bucket/key.jpg "}, "s3://bucket/key.jpg"),
+    ],
+)
+def test_image_task_input(data: dict, expected: str) -> None:
+    spec = TaskSpec("c", "img", "image", ("a", "b"), False, "image", "Image")
+    assert task_input(spec, data) == expected
+
+
+@pytest.mark.parametrize("data", [{}, {"image": ""}, {"image": 3}, {"image": {"url": "x"}}, {"other": "/a.png"}])
+def test_image_task_input_refuses_non_urls(data: dict) -> None:
+    spec = TaskSpec("c", "img", "image", ("a", "b"), False, "image", "Image")
+    with pytest.raises(ValueError, match="'image' must be an image URL"):
+        task_input(spec, data)
+
+
 def test_variants() -> None:
     # HyperText, lower-case tags, alias, other controls before the Choices, nested views.
     xml = """<view>
-      <Image name="img" value="$image"/>
-      <Choices name="img_cls" toName="img"><Choice value="cat"/></Choices>
+      <Audio name="clip" value="$audio"/>
+      <Choices name="clip_cls" toName="clip"><Choice value="cat"/></Choices>
       <View><hypertext name="page" value="$html"/></View>
       <TextArea name="note" toName="page"/>
       <Choices name="region_cls" toName="page" perRegion="true"><Choice value="r"/></Choices>
@@ -90,8 +123,8 @@ def test_variants() -> None:
             "toName='nowhere', which names no object",
         ),
         (
-            view('<Image name="img" value="$img"/><Choices name="c" toName="img"><Choice value="a"/></Choices>'),
-            "bound to <Image> 'img', which lsal does not support",
+            view('<Audio name="snd" value="$snd"/><Choices name="c" toName="snd"><Choice value="a"/></Choices>'),
+            "bound to <Audio> 'snd', which lsal does not support",
         ),
         (
             view('<Text name="text" value="hello"/><Choices name="c" toName="text"><Choice value="a"/></Choices>'),

@@ -161,7 +161,7 @@ def test_learner_model_is_the_learner(tmp_path: Path) -> None:
     assert model.capabilities() == frozenset({"committee", "features"})
     assert scorer_for(model) is model.learner
     model.save(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["learner.skops"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["learner.json", "learner.skops"]
     loaded = LearnerModel.load(tmp_path, TEXT)
     assert loaded.classes_ == model.classes_
     assert np.array_equal(loaded.predict_proba(TEXTS), model.predict_proba(TEXTS))

@@ -20,11 +20,13 @@ from backend import strategies
 from backend.config import ProjectConfig, Settings
 from backend.jobs import Jobs
 from backend.learner import Learner
+from backend.models import ModelRegistry
 from backend.server import UNTRAINED, protocol
-from backend.server.deps import ProjectLookup, get_jobs, get_projects, get_redis, get_settings, get_store
+from backend.server.deps import ProjectLookup, get_jobs, get_models, get_projects, get_redis, get_settings, get_store
 from backend.store import ModelStore
 from tests.serverkit import (
     FIXTURE_XML,
+    REPO,
     SPAM_XML,
     WEBHOOKS,
     assert_error,
@@ -85,7 +87,7 @@ def test_setup_accepts_the_fixture_config_and_extra_params(client: TestClient, s
 
 
 def test_setup_rejects_unsupported_config(client: TestClient) -> None:
-    xml = '<View><Image name="img" value="$image"/><Choices name="c" toName="img"><Choice value="a"/></Choices></View>'
+    xml = '<View><Audio name="snd" value="$audio"/><Choices name="c" toName="snd"><Choice value="a"/></Choices></View>'
     body = assert_error(client.post("/setup", json=setup_body(schema=xml)), 400, "label_config")
     assert "Choices" in body["error"]
 
@@ -309,6 +311,7 @@ def test_the_router_alone_serves_from_the_dependencies_it_is_given(
             get_jobs: jobs,
             get_store: ModelStore(other.model_dir),
             get_projects: ProjectLookup(other.model_dir, ProjectConfig.defaults(other)),
+            get_models: ModelRegistry(),
         },
     )
     assert client.get("/health").json()["redis"] == "ok"
@@ -336,3 +339,39 @@ def test_the_router_alone_without_a_queue(settings: Settings) -> None:
     # an event that needs no queue is still answered
     ignored = {**WEBHOOKS["START_TRAINING"], "action": "PROJECT_UPDATED"}
     assert client.post("/webhook", json=ignored).json() == {"status": "ignored", "action": "PROJECT_UPDATED"}
+
+
+# -- models: registered names only, what the strategy needs, image projects --------------------------
+
+IMAGE_XML = (REPO / "label_config" / "image.xml").read_text()
+
+
+def test_setup_refuses_an_unregistered_model_listing_the_registered_ones(client: TestClient) -> None:
+    body = assert_error(client.post("/setup", json=setup_body(extra={"model": "os.system"})), 400, "extra_params.model")
+    assert body["error"] == "unknown model 'os.system'; registered models: builtin"
+    assert_error(client.post("/setup", json=setup_body(extra={"model": "a:b"})), 400, "extra_params.model")
+
+
+def test_setup_accepts_an_image_project_on_the_builtin_model_and_its_strategies(client: TestClient) -> None:
+    for strategy in ("diversity", "vote_entropy", "coreset", "margin"):
+        extra = {"model": "builtin", "strategy": strategy}
+        assert client.post("/setup", json=setup_body(schema=IMAGE_XML, extra=extra)).status_code == 200
+    # expected error reduction refits the text/table learner's estimator: the image model has none
+    body = assert_error(
+        client.post("/setup", json=setup_body(schema=IMAGE_XML, extra={"strategy": "expected_error"})),
+        400,
+        "extra_params.strategy",
+    )
+    assert body["error"].startswith("strategy 'expected_error' needs estimator, which model 'builtin' does not give")
+
+
+def test_predict_on_an_image_project_before_its_first_model(client: TestClient) -> None:
+    assert client.post("/setup", json=setup_body(schema=IMAGE_XML)).status_code == 200
+    body = {
+        "tasks": [{"id": 1, "data": {"image": "/data/upload/3/a.png"}}, {"id": 2, "data": {"image": "s3://b/k.png"}}],
+        "project": "3.1763717060",
+        "label_config": IMAGE_XML,
+    }
+    assert client.post("/predict", json=body).json() == {"results": [[], []]}
+    bad = {**body, "tasks": [{"id": 1, "data": {"image": 5}}]}
+    assert_error(client.post("/predict", json=bad), 400, "tasks[0].data.image")

@@ -41,6 +41,8 @@ from backend.labelconfig import TaskSpec
 
 __all__ = [
     "CAPABILITIES",
+    "call",
+    "fit_checked",
     "OBJECT_TAGS",
     "Model",
     "ModelError",
@@ -175,3 +177,47 @@ def _check_values(model: Any, method: str, p: np.ndarray) -> None:
     if p.size and (p.min() < -PROBA_TOLERANCE or p.max() > 1 + PROBA_TOLERANCE):
         bad = p.min() if p.min() < 0 else p.max()
         raise ModelError(f"{_who(model)}.{method} returned {bad:.6g}, outside [0, 1]")
+
+
+def call(model: Any, method: str, inputs: Sequence[Any]) -> Any:
+    """``model.<method>(inputs)``, with anything the model raises turned into a ModelError naming it."""
+    try:
+        return getattr(model, method)(inputs)
+    except ModelError:
+        raise
+    except Exception as exc:  # a plugin may raise anything; the cycle reports it as the model's fault
+        raise ModelError(f"{_who(model)}.{method} failed: {type(exc).__name__}: {exc}") from exc
+
+
+#: training rows run through every output check right after fit, before a version is published
+PROBE_ROWS = 200
+
+
+def fit_checked(model: Model, inputs: Sequence[Any], y: Sequence[Any], embeddings: Any = None) -> Model:
+    """Fit ``model`` and check what it says on (up to PROBE_ROWS of) its own training inputs.
+
+    Anything wrong (an exception in ``fit``, no or unknown ``classes_``, a wrong shape, NaN) raises
+    ModelError *before* the version is published, so the previous version keeps serving.
+    ``embeddings``: the texts' cached embeddings, which only the built-in learner takes."""
+    try:
+        if embeddings is not None:
+            model.fit(inputs, y, embeddings)  # type: ignore[call-arg]
+        else:
+            model.fit(inputs, y)
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"{_who(model)}.fit failed: {type(exc).__name__}: {exc}") from exc
+    classes = getattr(model, "classes_", ())
+    if not isinstance(classes, tuple) or not classes or not all(isinstance(c, str) for c in classes):
+        raise ModelError(f"{_who(model)}.fit left classes_ = {classes!r:.120}; expected a tuple of label strings")
+    if model.spec.multi_label and classes != tuple(model.spec.labels):
+        raise ModelError(f"{_who(model)}: multi-label classes_ must be the config's labels {model.spec.labels}")
+    probe = list(inputs[:PROBE_ROWS])
+    check_proba(model, call(model, "predict_proba", probe), len(probe))
+    caps = model.capabilities()
+    if "committee" in caps:
+        check_committee(model, call(model, "committee_proba", probe), len(probe))
+    if "features" in caps:
+        check_features(model, call(model, "features", probe), len(probe))
+    return model

@@ -23,9 +23,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from backend.labelconfig import TaskSpec
-from backend.learner import Learner
-from backend.models import artifacts
-from backend.models.base import Model, ModelError
+from backend.learner import TRUSTED_TYPES, Learner
+from backend.models.base import Model
 from backend.models.sklearn import SklearnModel
 
 __all__ = ["ImageModel", "LearnerModel"]
@@ -36,26 +35,15 @@ class LearnerModel(Model):
 
     object_tags = frozenset({"Text", "HyperText", "Table"})
     multi_label = True
-    artifact = "learner.skops"
-    #: what a saved Learner holds besides scikit-learn, numpy and builtins (artifacts.load refuses the rest)
-    # (tests/test_models.py saves and loads a text and a tabular Learner: a type added to the
-    # Learner without being listed here fails there, not in production.)
-    trusted_types: tuple[str, ...] = (
-        "backend.labelconfig.TaskSpec",
-        "backend.learner.Learner",
-        "backend.learner._Constant",
-        "backend.learner._FirstColumns",
-        "backend.features.text.TextFeaturizer",
-        "backend.features.text.shape_numbers",
-        "backend.features.tabular.TabularFeaturizer",
-    )
+    trusted_types = TRUSTED_TYPES
 
     def __init__(self, spec: TaskSpec, *, seed: int = 0, **params: Any) -> None:
         super().__init__(spec, seed=seed)
         self.learner = Learner(spec, seed=seed, **params)
 
-    def fit(self, inputs: Sequence[Any], y: Sequence[Any]) -> LearnerModel:
-        self.learner.fit(inputs, y)
+    def fit(self, inputs: Sequence[Any], y: Sequence[Any], embeddings: np.ndarray | None = None) -> LearnerModel:
+        """Fit the Learner; ``embeddings``: the texts' embeddings from the pool cache (not recomputed)."""
+        self.learner.fit(inputs, y, embeddings)
         self.classes_ = self.learner.classes_
         return self
 
@@ -69,13 +57,11 @@ class LearnerModel(Model):
         return self.learner.transform(inputs)
 
     def save(self, path: Path) -> None:
-        artifacts.dump(self.learner, Path(path) / self.artifact)
+        self.learner.save(path)
 
     @classmethod
     def load(cls, path: Path, spec: TaskSpec) -> LearnerModel:
-        learner = artifacts.load(Path(path) / cls.artifact, trusted=cls.trusted_types)
-        if not isinstance(learner, Learner):
-            raise ModelError(f"{path} does not hold a Learner")
+        learner = Learner.load(path)
         model = cls(learner.spec, seed=learner.seed)
         model.learner = learner
         model.classes_ = learner.classes_

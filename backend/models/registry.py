@@ -21,6 +21,7 @@ that names it is refused by ``/setup`` and its cycle fails with that error.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import re
 from collections.abc import Iterable, Mapping
@@ -32,6 +33,7 @@ from typing import Any
 from backend.labelconfig import TaskSpec
 from backend.models.base import Model, ModelError
 from backend.models.builtin import ImageModel, LearnerModel
+from backend.store import METADATA_FILE
 
 __all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "ModelRegistry", "parse_model_specs"]
 
@@ -125,11 +127,17 @@ class ModelRegistry:
             raise ModelError(f'model {name!r} is single-label; this label config is multi-label (choice="multiple")')
         return cls
 
-    def create(self, name: str, spec: TaskSpec, *, seed: int = 0, params: Mapping[str, Any] | None = None) -> Model:
-        """A new, unfitted model; any error of the plugin's constructor becomes a ModelError."""
+    def create(
+        self, name: str, spec: TaskSpec, *, seed: int = 0, learner_params: Mapping[str, Any] | None = None
+    ) -> Model:
+        """A new, unfitted model; any error of the plugin's constructor becomes a ModelError.
+
+        ``learner_params`` (``ProjectConfig.learner_params()``: text features, embedding model) are
+        settings of the built-in text/table learner; other models do not take them."""
         cls = self.model_class(name, spec)
+        params = dict(learner_params or {}) if cls is LearnerModel else {}
         try:
-            return cls(spec, seed=seed, **dict(params or {}))
+            return cls(spec, seed=seed, **params)
         except ModelError:
             raise
         except Exception as exc:
@@ -149,6 +157,34 @@ class ModelRegistry:
         if not isinstance(model, Model):
             raise ModelError(f"model {name!r}: {cls.__name__}.load returned {type(model).__name__}, not a Model")
         return model
+
+    def load_version(self, path: Path, spec: TaskSpec) -> Model:
+        """The model of a published version directory (its metadata names the model; ``builtin``
+        for versions published before models were pluggable). A loader for ``ModelStore.load``."""
+        try:
+            meta = json.loads((Path(path) / METADATA_FILE).read_text())
+            name = meta.get("model", BUILTIN)
+        except (OSError, ValueError, AttributeError) as exc:
+            raise ModelError(f"{Path(path).name} has no readable {METADATA_FILE}: {exc}") from None
+        if not isinstance(name, str):
+            raise ModelError(f"{Path(path).name}: model name {name!r} is not a string")
+        return self.load(name, spec, path)
+
+    def refusal(self, name: str, spec: TaskSpec, strategy: str, needs: Iterable[str]) -> tuple[str, str] | None:
+        """Why a project may not use model ``name`` with ``strategy`` (which needs ``needs``), as
+        ``(message, field)`` for a 400; None when it may."""
+        try:
+            lacking = self.missing(name, spec, needs)
+        except ModelError as exc:
+            return str(exc), "extra_params.model"
+        if not lacking:
+            return None
+        have = sorted(self.create(name, spec).capabilities()) or ["probabilities only"]
+        return (
+            f"strategy {strategy!r} needs {' and '.join(lacking)}, which model {name!r} does not give "
+            f"(it gives: {', '.join(have)}); choose a strategy such as 'margin' or 'entropy'",
+            "extra_params.strategy",
+        )
 
     def missing(self, name: str, spec: TaskSpec, needs: Iterable[str]) -> list[str]:
         """Which of a strategy's ``needs`` (out of committee / features / estimator) the model lacks."""

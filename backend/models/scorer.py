@@ -12,16 +12,17 @@ pool is never run through the model twice. A model without features is therefore
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
-from backend.models.base import Model, ModelError, check_committee, check_features, check_proba
+from backend import strategies
+from backend.models.base import Model, ModelError, call, check_committee, check_features, check_proba
 from backend.models.builtin import LearnerModel
 
-__all__ = ["ModelScorer", "scorer_for"]
+__all__ = ["ModelScorer", "scorer_for", "scorer_for_strategy"]
 
 
 class ModelScorer:
@@ -48,12 +49,12 @@ class ModelScorer:
         n = len(inputs)
         parts: list[Any] = []
         if self.use_features:
-            F = check_features(self.model, self.model.features(inputs), n)
+            F = check_features(self.model, call(self.model, "features", inputs), n)
             self._d = F.shape[1]
             parts.append(sp.csr_matrix(F) if sp.issparse(F) else np.asarray(F, dtype=np.float64))
-        parts.append(check_proba(self.model, self.model.predict_proba(inputs), n))
+        parts.append(check_proba(self.model, call(self.model, "predict_proba", inputs), n))
         if self.committee:
-            c = check_committee(self.model, self.model.committee_proba(inputs), n)
+            c = check_committee(self.model, call(self.model, "committee_proba", inputs), n)
             self._members = c.shape[0]
             parts.append(c.transpose(1, 0, 2).reshape(n, -1))
         if any(sp.issparse(p) for p in parts):
@@ -80,6 +81,15 @@ class ModelScorer:
 
     def predict_labels(self, proba: np.ndarray) -> list[list[str]]:
         return self.model.predict_labels(proba)
+
+
+def scorer_for_strategy(model: Model, strategy: str, params: Mapping[str, Any] | None = None) -> Any:
+    """:func:`scorer_for` with a committee exactly when ``strategy`` (with ``params``) or the row
+    measure it scores rows with reads one."""
+    entry = strategies.get(strategy)
+    row = strategies.get(entry.row_measure)
+    needs = entry.requires(dict(params or {})) | row.requires(dict(params or {}) if entry.pointwise else None)
+    return scorer_for(model, committee="committee" in needs)
 
 
 def scorer_for(model: Model, *, committee: bool = False) -> Any:

@@ -19,6 +19,7 @@ from backend import __version__
 from backend.config import ProjectConfig, Settings
 from backend.jobs import Jobs
 from backend.metrics import Metrics, RequestMetrics
+from backend.models import ModelRegistry
 from backend.server import metrics, pipelines, protocol
 from backend.server.deps import ProjectLookup
 from backend.server.guard import Guard
@@ -53,6 +54,7 @@ def create_app(settings: Settings, *, redis_url: str | None = None) -> FastAPI:
     app.state.store = store
     app.state.projects = ProjectLookup(settings.model_dir, ProjectConfig.defaults(settings))
     app.state.metrics = Metrics(settings, connection=connection, store=store)
+    app.state.models = ModelRegistry.discover(settings.models)
 
     add_error_handlers(app)
     for router in ROUTERS:

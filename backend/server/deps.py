@@ -21,6 +21,7 @@ from backend.config import ConfigError, ProjectConfig, Settings
 from backend.jobs import Jobs
 from backend.labelconfig import LabelConfigError, TaskSpec, parse_label_config
 from backend.metrics import Metrics
+from backend.models import ModelRegistry
 from backend.server.schemas import ApiError
 from backend.store import ModelStore
 
@@ -122,3 +123,12 @@ JobsDep = Annotated[Jobs | None, Depends(get_jobs)]
 StoreDep = Annotated[ModelStore, Depends(get_store)]
 ProjectsDep = Annotated[ProjectLookup, Depends(get_projects)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+
+async def get_models(request: Request) -> ModelRegistry:
+    """The registered models (built-in, entry points, AL_MODELS), discovered once at start-up."""
+    value: ModelRegistry = request.app.state.models
+    return value
+
+
+ModelsDep = Annotated[ModelRegistry, Depends(get_models)]

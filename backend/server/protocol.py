@@ -8,20 +8,33 @@ Redis, answer. Training happens in the RQ worker (`backend.worker`).
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import redis
+import requests
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from backend import __version__, projects, selection
+from backend import __version__, projects, selection, strategies
 from backend.config import ConfigError, Settings
+from backend.images import feature_cache
 from backend.jobs import Enqueued, Jobs
 from backend.labelconfig import task_input
-from backend.learner import Learner
+from backend.labelstudio import LabelStudioClient
+from backend.models import ModelError, ModelRegistry, scorer_for_strategy
 from backend.pool import PoolCache
-from backend.server.deps import JobsDep, ProjectLookup, ProjectsDep, RedisDep, SettingsDep, StoreDep, require_jobs
+from backend.server.deps import (
+    JobsDep,
+    ModelsDep,
+    ProjectLookup,
+    ProjectsDep,
+    RedisDep,
+    SettingsDep,
+    StoreDep,
+    require_jobs,
+)
 from backend.server.schemas import (
     ApiError,
     HealthResponse,
@@ -33,6 +46,8 @@ from backend.server.schemas import (
     parse_project,
 )
 from backend.store import ModelStore
+
+log = logging.getLogger("lsal.server")
 
 UNTRAINED = "lsal-untrained"
 # The events that start a cycle at once, with the reason the cycle records.
@@ -76,14 +91,25 @@ def health(settings: SettingsDep, connection: RedisDep) -> dict[str, Any]:
 
 
 @router.post("/setup", response_model=SetupResponse)
-def setup(body: SetupRequest, settings: SettingsDep, store: StoreDep, lookup: ProjectsDep) -> dict[str, str]:
-    """Validate and save the project's label config and extra_params; answer its model version."""
+def setup(
+    body: SetupRequest, settings: SettingsDep, store: StoreDep, lookup: ProjectsDep, models: ModelsDep
+) -> dict[str, str]:
+    """Validate and save the project's label config and extra_params; answer its model version.
+
+    The project's model must be registered and accept the label config, and give what its strategy
+    needs (backend/models/registry.py): refused here with a 400 rather than at the first cycle."""
     project = parse_project(body.project)
-    lookup.spec(project, body.label_config)  # parsed to reject unsupported configs now, not at the first cycle
+    spec = lookup.spec(project, body.label_config)  # parsed to reject unsupported configs now
     try:
-        lookup.defaults.with_extra_params(body.extra_params)
+        config = lookup.defaults.with_extra_params(body.extra_params)
     except ConfigError as exc:
         raise ApiError(400, str(exc), exc.field) from None
+    entry = strategies.get(config.strategy)
+    # A committee base (e.g. density over vote_entropy) makes the committee a need too.
+    needs = entry.needs | (entry.requires(dict(config.strategy_params)) & {"committee"})
+    refused = models.refusal(config.model, spec, entry.name, needs)
+    if refused is not None:
+        raise ApiError(400, *refused)
     try:
         projects.save(settings.model_dir, project, body.label_config, body.extra_params)
     except OSError as exc:
@@ -93,16 +119,33 @@ def setup(body: SetupRequest, settings: SettingsDep, store: StoreDep, lookup: Pr
 
 @router.post("/predict", response_model=PredictResponse, response_model_exclude_none=True)
 async def predict(
-    body: PredictRequest, request: Request, settings: SettingsDep, store: StoreDep, lookup: ProjectsDep
+    body: PredictRequest,
+    request: Request,
+    settings: SettingsDep,
+    store: StoreDep,
+    lookup: ProjectsDep,
+    models: ModelsDep,
 ) -> JSONResponse:
     """Pre-annotations from the project's current model, one entry per task, in order."""
     size = len(await request.body())  # already read (and bounded) by the Guard: no I/O here
-    if len(body.tasks) <= INLINE_PREDICT_TASKS and size <= INLINE_PREDICT_BYTES:
-        return JSONResponse(predict_tasks(body, settings, store, lookup))
-    return JSONResponse(await run_in_threadpool(predict_tasks, body, settings, store, lookup))
+    # Image tasks may need a download each: never on the event loop.
+    if len(body.tasks) <= INLINE_PREDICT_TASKS and size <= INLINE_PREDICT_BYTES and not _is_image(body, lookup):
+        return JSONResponse(predict_tasks(body, settings, store, lookup, models))
+    return JSONResponse(await run_in_threadpool(predict_tasks, body, settings, store, lookup, models))
 
 
-def predict_tasks(body: PredictRequest, settings: Settings, store: ModelStore, lookup: ProjectLookup) -> dict[str, Any]:
+def _is_image(body: PredictRequest, lookup: ProjectLookup) -> bool:
+    # A cheap look at the XML (parsed properly later); Label Studio always sends the config.
+    return "<image" in (body.label_config or "").lower()
+
+
+def predict_tasks(
+    body: PredictRequest,
+    settings: Settings,
+    store: ModelStore,
+    lookup: ProjectLookup,
+    models: ModelRegistry | None = None,
+) -> dict[str, Any]:
     """The body of `/predict`'s answer; every entry is [] before the project's first model."""
     if not body.tasks:
         raise ApiError(400, "tasks must not be empty", "tasks")
@@ -121,14 +164,47 @@ def predict_tasks(body: PredictRequest, settings: Settings, store: ModelStore, l
             inputs.append(task_input(spec, task.data))
         except (KeyError, ValueError, TypeError) as exc:
             raise ApiError(400, str(exc).strip("'\""), f"tasks[{i}].data.{spec.data_key}") from None
-    loaded = store.load(project, Learner.load)
+    registry = models or ModelRegistry()
+    try:
+        loaded = store.load(project, lambda path: registry.load_version(path, spec))
+    except ModelError as exc:
+        # The current version's model cannot be read (a plugin no longer registered, an artifact of
+        # an earlier release): no pre-annotation, as before the first model; the next cycle retrains.
+        log.warning("project=%s: current model not loadable: %s", project, exc)
+        loaded = None
     if loaded is None:
         return {"results": [[] for _ in body.tasks]}
-    version, learner = loaded
+    version, model = loaded
     config = lookup.config(project)
-    predictions = selection.predict(learner, spec, inputs, config.strategy, version, params=config.strategy_params)
-    results = [p.to_json() for p in predictions]
+    rows = list(range(len(inputs)))
+    if spec.kind == "image":
+        rows, inputs = _image_vectors(settings, project, body, inputs)
+    results: list[Any] = [[] for _ in body.tasks]  # an image that cannot be read gets no prediction
+    if rows:
+        scorer = scorer_for_strategy(model, config.strategy, config.strategy_params)
+        try:
+            scored = selection.predict(scorer, spec, inputs, config.strategy, version, params=config.strategy_params)
+        except ModelError as exc:
+            raise ApiError(422, f"the project's model failed: {exc}", "tasks") from None
+        for row, p in zip(rows, scored, strict=True):
+            results[row] = p.to_json()
     return {"results": results, "model_version": version}
+
+
+def _image_vectors(
+    settings: Settings, project: int, body: PredictRequest, refs: list[Any]
+) -> tuple[list[int], list[Any]]:
+    """(positions, feature vectors) of the tasks whose image lsal can read: cached in the pool
+    snapshot when a cycle already computed them (read-only here), else fetched now."""
+    ids = [task.id for task in body.tasks]
+    snap = PoolCache(settings.model_dir, project).load()
+    arrays = dict(snap.arrays) if snap is not None else {}
+    with requests.Session() as session:
+        headers = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key).auth_headers
+        cache = feature_cache(settings, session, headers if settings.label_studio_api_key else dict)
+        kept, vectors = cache.vectors(arrays, ids, refs)
+    position = {task_id: i for i, task_id in enumerate(ids)}
+    return [position[t] for t in kept], list(vectors)
 
 
 @router.post("/webhook", response_model=WebhookResponse, response_model_exclude_none=True)
