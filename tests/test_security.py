@@ -257,9 +257,9 @@ def test_huge_choice_list_is_checked_in_linear_time_and_refusals_are_cached(monk
     for _ in range(2):
         with pytest.raises(labelconfig.LabelConfigError) as info:
             labelconfig.parse_label_config(xml)
-        assert (
-            str(info.value)
-            == "no <Choices> bound to a Text or Table object (<Choices name='c'> repeats choice values ['c7'])"
+        assert str(info.value) == (
+            "no <Choices> bound to a Text, HyperText, Table or Image object "
+            "(<Choices name='c'> repeats choice values ['c7'])"
         )
     assert parses == 1
 
