@@ -114,6 +114,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "AL_MIN_LABELS": str(settings.min_labels),
             "AL_RETRAIN_EVERY": str(settings.retrain_every),
             "AL_QUEUE_DEPTH": str(settings.queue_depth),
+            "AL_QUEUE_FLOOR": str(settings.queue_floor),
             "AL_SET_SAMPLING": "true" if settings.set_sampling else "false",
             "LS_TIMEOUT": str(settings.ls_timeout),
             "LS_RETRIES": str(settings.ls_retries),
