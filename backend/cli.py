@@ -41,6 +41,7 @@ def _settings() -> Settings:
 
 
 def configure_logging(settings: Settings) -> None:
+    """Set up lsal's logging from the settings, with every configured secret redacted."""
     from backend.logs import configure, known_secrets
 
     secrets = known_secrets(settings.label_studio_api_key, settings.basic_auth, settings.trigger_token)
@@ -111,6 +112,7 @@ def start_embedded_redis(model_dir: Path) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """`lsal serve`: the HTTP server, plus an embedded Redis and workers when REDIS_URL is unset."""
     settings = _settings()  # before the heavy imports: a bad setting fails fast, in one line
     configure_logging(settings)
     refusal = exposure_refusal(settings, args.host)
@@ -243,6 +245,7 @@ def _running(pid: int) -> bool:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    """`lsal worker`: an RQ worker on REDIS_URL (`--burst`: until the queue is empty)."""
     settings = _settings()
 
     from backend.worker import run_worker
@@ -286,6 +289,7 @@ def _progress_line(status: dict[str, Any]) -> str:
 
 
 def wait_for_job(session: requests.Session, server: str, job_id: str, timeout: float, out: Any = sys.stderr) -> dict:
+    """Follow a job through the server's `/jobs/{id}` with a progress line until it ends or `timeout`."""
     deadline = time.monotonic() + timeout
     status: dict[str, Any] = {}
     while time.monotonic() < deadline:
@@ -301,6 +305,7 @@ def wait_for_job(session: requests.Session, server: str, job_id: str, timeout: f
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """`lsal train`: start a cycle through the server's `/train`; `--wait` follows it."""
     settings = _settings()
     session = _server_session(settings)
     headers = {"Authorization": f"Bearer {settings.trigger_token}"} if settings.trigger_token else {}
@@ -314,6 +319,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """`lsal status`: print the server's status of a project as JSON."""
     settings = _settings()
     body = _check(_server_session(settings).get(f"{args.server}/projects/{args.project}/status", timeout=10))
     print(json.dumps(body, indent=2, default=str))
@@ -321,6 +327,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_connect(args: argparse.Namespace) -> int:
+    """`lsal connect`: create the ML-backend connection in Label Studio and start the first cycle."""
     from backend.labelstudio import LabelStudioClient, LabelStudioError
 
     settings = _settings()
@@ -365,6 +372,7 @@ def authorize_webhook(client: Any, project: int, url: str, auth: tuple[str, str]
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
+    """`lsal rollback`: make an earlier model version the one the project serves."""
     from backend.store import ModelStore, StoreError, StoreWriteError
 
     settings = _settings()
@@ -382,6 +390,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `lsal` command line: one subcommand per `cmd_*` function."""
     parser = argparse.ArgumentParser(prog="lsal", description="Active-learning ML backend for Label Studio")
     sub = parser.add_subparsers(dest="command", required=True)
     default_server = os.environ.get("LSAL_SERVER", "http://localhost:9090")
@@ -441,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `lsal` entry point: parse `argv` and run the subcommand; returns the exit status."""
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -30,14 +30,17 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
         self._in_headers = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """A new connection: its first request's header deadline starts now."""
         super().connection_made(transport)
         self._start_headers()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """The connection ended: cancel the header deadline."""
         self._stop_headers()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        """Parse the bytes; close the connection once the headers exceed HEADER_LIMIT."""
         counting = self._in_headers
         super().data_received(data)
         # Counted after parsing: a chunk that completes the headers may carry a large body too.
@@ -47,11 +50,13 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
                 self._close()
 
     def on_message_begin(self) -> None:
+        """A request begins: on a kept-alive connection, its header deadline starts now."""
         super().on_message_begin()
         if not self._in_headers:  # the next request on a kept-alive connection
             self._start_headers()
 
     def on_headers_complete(self) -> None:
+        """The headers arrived in time: the deadline no longer applies."""
         self._stop_headers()
         super().on_headers_complete()
 

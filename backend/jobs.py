@@ -1,7 +1,7 @@
 """Enqueue active-learning cycles on RQ, one project at a time.
 
-Coalescing (DESIGN.md principle 2): per project at most one *queued* cycle. A marker key holds
-the id of the queued job; an event that finds the marker joins that job instead of adding one.
+Coalescing: per project at most one *queued* cycle. A marker key holds the id of the queued job;
+an event that finds the marker joins that job instead of adding one.
 The worker clears the marker *before* it reads any label from Label Studio, so an event that
 arrives while a cycle runs creates exactly one follow-up, and an event that joined a queued job
 is covered by it (the annotation is in Label Studio before its webhook is sent). The marker is set
@@ -9,8 +9,9 @@ before its job is enqueued, so for ENQUEUE_GRACE seconds a marker whose job is n
 joined, not taken for a leftover (a burst of events would otherwise queue several). A per-project
 Redis lock keeps two workers from running the same project at once, so at most one cycle runs.
 
-TASKS_CREATED / TASKS_DELETED are hints (DESIGN.md principle 7): the ids go into two bounded Redis
-sets and one task job per project (coalesced the same way) reads those tasks from Label Studio.
+TASKS_CREATED / TASKS_DELETED are hints (a webhook says what changed, never the data): the ids go
+into two bounded Redis sets and one task job per project (coalesced the same way) reads those tasks
+from Label Studio.
 
 Jobs are stored as JSON (rq's JSONSerializer), never pickled: whoever can write to Redis can at
 most name one of the JOB_FUNCS with JSON arguments, which the worker checks before it imports
@@ -81,6 +82,8 @@ class TaskHints:
 
 @dataclass(frozen=True)
 class Enqueued:
+    """The answer to a cycle request: the job's id, and whether this request created it."""
+
     job_id: str
     created: bool  # False: the request joined a cycle that was already queued
 
@@ -97,6 +100,7 @@ class Jobs:
         self.marker_ttl = job_timeout * 4
 
     def key(self, project: int, name: str) -> str:
+        """The Redis key of one of a project's markers, under the queue's prefix."""
         return f"{self.queue_name}:project:{project}:{name}"
 
     # -- cycles --------------------------------------------------------------------------------
@@ -235,6 +239,7 @@ class Jobs:
     # -- other jobs ----------------------------------------------------------------------------
 
     def enqueue(self, func: str, *args: Any, project: int, kind: str) -> str:
+        """Queue a call of one of lsal's job functions (by name, JSON-serialized arguments); returns its id."""
         job_id = uuid.uuid4().hex
         self.queue.enqueue_call(
             func,
@@ -280,6 +285,7 @@ class Jobs:
         return status not in _DONE
 
     def status(self, job_id: str) -> dict[str, Any] | None:
+        """A job's state, stage, progress and error for `GET /jobs/{id}`; None if there is no such job."""
         if not JOB_ID_RE.match(job_id):
             raise ValueError(f"job id must be 32 hex characters, got {job_id!r}")
         try:

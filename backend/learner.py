@@ -94,6 +94,8 @@ TRUSTED_TYPES: tuple[str, ...] = (
 
 @dataclass
 class TrainingSet:
+    """Model inputs and labels of the labeled tasks, with the training rules' statistics (counts, drops)."""
+
     inputs: list[Any]
     y: list[Any]  # str (single-label) or list[str] (multi-label)
     task_ids: list[int]

@@ -86,9 +86,11 @@ class Fence:
         self.confirmed_at = time.monotonic()  # the lock was acquired just before
 
     def confirmed(self) -> None:
+        """Record that the lock was just confirmed ours (the lease restarts)."""
         self.confirmed_at = time.monotonic()
 
     def check(self) -> None:
+        """Extend the lock, or raise LockLost if it is no longer ours (see the class docstring)."""
         if not self.lost:
             try:
                 self.lock.reacquire()
@@ -179,6 +181,7 @@ def _fail(job: Job, message: str) -> None:
 
 
 def cycle_job(project: int, reason: str) -> dict[str, Any]:
+    """The RQ job of one active-learning cycle for `project`, under the project's lock."""
     job = get_current_job()
     assert job is not None, "cycle_job runs on an RQ worker"
     settings, jobs, deps = _context(job)
@@ -319,6 +322,7 @@ class LsalWorker(SimpleWorker):
     running_job = False
 
     def get_heartbeat_ttl(self, job: Job) -> int:
+        """How long a job's heartbeat stays valid: a little longer than the beat interval."""
         return self.HEARTBEAT + 30
 
     def request_force_stop(self, signum: int, frame: FrameType | None) -> None:
@@ -333,6 +337,7 @@ class LsalWorker(SimpleWorker):
         raise Interrupted()
 
     def handle_exception(self, job: Job, *exc_info: Any) -> None:
+        """RQ's failure handling, except for a job interrupted by a stop (re-queued, not logged as failed)."""
         if len(exc_info) > 1 and isinstance(exc_info[1], Interrupted):
             log.info("job %s interrupted by the stop; re-queued by its retry", job.id)
             return
@@ -350,6 +355,7 @@ class LsalWorker(SimpleWorker):
                 self.pubsub.close()
 
     def perform_job(self, job: Job, queue: Queue) -> bool:
+        """Run the job unless it is not one of lsal's own (then it fails as refused, running nothing)."""
         problem = refusal(job)
         if problem is not None:
             # Run the refusal in the job's place, so RQ records the failure as for any job.
@@ -361,6 +367,7 @@ class LsalWorker(SimpleWorker):
         return super().perform_job(job, queue)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        """Run the job with a heartbeat thread that keeps it registered as alive while it runs."""
         stop = threading.Event()
 
         def beat() -> None:

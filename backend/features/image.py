@@ -45,7 +45,8 @@ class ImageFeaturizer(Protocol):
     id: str
     dim: int
 
-    def transform(self, images: Sequence[Image.Image]) -> np.ndarray: ...
+    def transform(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """One feature row per image."""
 
 
 def _hog(gray: np.ndarray) -> np.ndarray:

@@ -97,10 +97,12 @@ class TextFeaturizer:
 
     @property
     def uses_tfidf(self) -> bool:
+        """Whether the features include TF-IDF columns."""
         return self.features != "embedding"
 
     @property
     def uses_embedding(self) -> bool:
+        """Whether the features include sentence-embedding columns."""
         return self.features != "tfidf"
 
     @property

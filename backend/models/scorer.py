@@ -40,6 +40,7 @@ class ModelScorer:
 
     @property
     def classes_(self) -> tuple[str, ...]:
+        """The model's classes, in the order of the probability columns."""
         return self.model.classes_
 
     def transform(self, inputs: Sequence[Any], embeddings: np.ndarray | None = None) -> Any:
@@ -66,10 +67,12 @@ class ModelScorer:
         return np.asarray(part.toarray() if sp.issparse(part) else part, dtype=np.float64)
 
     def predict_proba(self, X: Any) -> np.ndarray:
+        """The class probabilities held in rows that `transform` produced."""
         k = len(self.classes_)
         return self._columns(X, self._d, self._d + k)
 
     def committee_proba(self, X: Any) -> np.ndarray:
+        """The committee's probabilities (members, rows, classes) held in rows that `transform` produced."""
         if not self.committee:
             raise ModelError("committee probabilities were not computed (ModelScorer(committee=True))")
         k = len(self.classes_)
@@ -77,9 +80,11 @@ class ModelScorer:
         return flat.reshape(flat.shape[0], self._members, k).transpose(1, 0, 2)
 
     def make_estimator(self) -> Any:
+        """Not available for a plug-in model: raises ModelError."""
         raise ModelError(f"{type(self.model).__name__} gives no estimator factory")
 
     def predict_labels(self, proba: np.ndarray) -> list[list[str]]:
+        """The model's labels for rows of probabilities."""
         return self.model.predict_labels(proba)
 
 
