@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import requests
@@ -52,6 +54,7 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--pool", type=int, default=3000, help="tasks in the project (cycle cost)")
     ap.add_argument("--no-attacks", action="store_true", help="the mixed load alone")
+    ap.add_argument("--attacks", default=",".join(ATTACKS), help=f"comma-separated subset of {', '.join(ATTACKS)}")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="lsal-bench-load-"))
@@ -82,18 +85,25 @@ def main() -> int:
             wait_for(lambda: s.get(f"{server.url}/jobs/{job}", timeout=5).json()["state"] == "finished", 180, 0.5,
                      "first model")  # fmt: skip
             stop = threading.Event()
-            health: list[float] = []
-            threads = [threading.Thread(target=_poll_health, args=(server.url, stop, health), daemon=True)]
+            # /health is polled from its own process: in this one, the load and attack threads
+            # compete for the GIL and would add their own delays to the figure.
+            ctx = multiprocessing.get_context("spawn")
+            health_out = ctx.Queue()
+            health_stop = ctx.Event()
+            poller = ctx.Process(target=_poll_health, args=(server.url, health_stop, health_out), daemon=True)
+            poller.start()
+            threads: list[threading.Thread] = []
             attacks: dict[str, int] = {}
             if not args.no_attacks:
-                threads += [
-                    threading.Thread(target=fn, args=(server, stop, attacks), daemon=True)
-                    for fn in (_big_predicts, _slowloris, _made_up_projects, _forged_tasks, _huge_config, _hang_ups)
-                ]
+                chosen = [ATTACKS[name] for name in args.attacks.split(",") if name]
+                threads += [threading.Thread(target=fn, args=(server, stop, attacks), daemon=True) for fn in chosen]
             for t in threads:
                 t.start()
             result = run_load(server.url, args.rate, args.duration)
             stop.set()
+            health_stop.set()
+            health: list[float] = health_out.get(timeout=60)
+            poller.join(timeout=10)
             for t in threads:
                 t.join(timeout=30)
             result["cycles_finished_during_load"] = _cycles(worker.log())
@@ -115,16 +125,19 @@ def main() -> int:
     return 0 if result["errors"] == 0 and result["health"]["over_1s"] == 0 else 1
 
 
-def _poll_health(url: str, stop: threading.Event, out: list[float]) -> None:
+def _poll_health(url: str, stop: Any, out: Any) -> None:
+    """GET /health every 100 ms until `stop` is set; put the list of latencies (ms) on `out`."""
     s = requests.Session()
+    latencies: list[float] = []
     while not stop.is_set():
         t0 = time.perf_counter()
         try:
             s.get(f"{url}/health", timeout=10)
-            out.append((time.perf_counter() - t0) * 1000)
+            latencies.append((time.perf_counter() - t0) * 1000)
         except requests.RequestException:
-            out.append(10_000.0)
+            latencies.append(10_000.0)
         stop.wait(0.1)
+    out.put(latencies)
 
 
 def _count(attacks: dict[str, int], name: str, n: int = 1) -> None:
@@ -300,6 +313,16 @@ def run_load(url: str, rate: float, duration: float) -> dict[str, object]:
         "predict": stats(lat["predict"]),
         "webhook": stats(lat["webhook"]),
     }
+
+
+ATTACKS = {
+    "big_predicts": _big_predicts,
+    "slowloris": _slowloris,
+    "made_up_projects": _made_up_projects,
+    "forged_tasks": _forged_tasks,
+    "huge_config": _huge_config,
+    "hang_ups": _hang_ups,
+}
 
 
 if __name__ == "__main__":

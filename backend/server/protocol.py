@@ -11,6 +11,7 @@ import json
 import logging
 from typing import Any
 
+import anyio
 import redis
 import requests
 from fastapi import APIRouter, Request
@@ -60,6 +61,8 @@ HANDLED_ACTIONS = set(CYCLE_ACTIONS) | ANNOTATION_ACTIONS | TASK_ACTIONS
 # body size as well as task count: 60 tasks of 1 MB each are as slow as 60,000 short ones.
 INLINE_PREDICT_TASKS = 64
 INLINE_PREDICT_BYTES = 64 * 1024
+#: large /predict requests scored at once per HTTP process; the others wait without using CPU
+LARGE_PREDICTS = 1
 
 router = APIRouter()
 
@@ -128,10 +131,20 @@ async def predict(
 ) -> JSONResponse:
     """Pre-annotations from the project's current model, one entry per task, in order."""
     size = len(await request.body())  # already read (and bounded) by the Guard: no I/O here
-    # Image tasks may need a download each: never on the event loop.
-    if len(body.tasks) <= INLINE_PREDICT_TASKS and size <= INLINE_PREDICT_BYTES and not _is_image(body, lookup):
+    inline = len(body.tasks) <= INLINE_PREDICT_TASKS and size <= INLINE_PREDICT_BYTES
+    if inline and not _is_image(body, lookup):
         return JSONResponse(predict_tasks(body, settings, store, lookup, models))
-    return JSONResponse(await run_in_threadpool(predict_tasks, body, settings, store, lookup, models))
+    if inline:  # image tasks may need a download each: never on the event loop
+        return JSONResponse(await run_in_threadpool(predict_tasks, body, settings, store, lookup, models))
+    # One large prediction at a time per process: scoring holds the GIL for most of its time, so
+    # more threads would only slow each other and starve the event loop (and /health) further.
+    state = request.app.state
+    if getattr(state, "large_predicts", None) is None:
+        state.large_predicts = anyio.CapacityLimiter(LARGE_PREDICTS)
+    result = await anyio.to_thread.run_sync(
+        predict_tasks, body, settings, store, lookup, models, limiter=state.large_predicts
+    )
+    return JSONResponse(result)
 
 
 def _is_image(body: PredictRequest, lookup: ProjectLookup) -> bool:
