@@ -232,7 +232,12 @@ def run_cycle(deps: CycleDeps, project: int) -> CycleReport:
         )
     if pool_embeddings is not None:
         report.embeddings = dict(pool_embeddings.stats)
-    pool_emb = pool_embeddings.rows(ids, inputs) if pool_embeddings is not None else None
+    pool_emb: Any = None
+    labeled_emb: np.ndarray | None = None
+    if pool_embeddings is not None:
+        pool_emb = pool_embeddings.rows(ids, inputs)
+        labeled_emb = np.asarray(pool_embeddings.rows(ts.task_ids, ts.inputs))
+        pool_embeddings.release()  # the task data can go; pool_emb reads the embedding matrix only
     report.labels = len(ts.y)
     report.depth, report.pace = slice_depth(deps, project, config, report.labels)
     report.training_stats = ts.stats
@@ -247,7 +252,6 @@ def run_cycle(deps: CycleDeps, project: int) -> CycleReport:
         return report
 
     with _stage(report, progress, "fit"):
-        labeled_emb = pool_embeddings.rows(ts.task_ids, ts.inputs) if pool_embeddings is not None else None
         fresh = deps.models.create(config.model, spec, seed=settings.seed, learner_params=config.learner_params())
         model = fit_checked(fresh, ts.inputs, ts.y, labeled_emb)
     with _stage(report, progress, "evaluate"):

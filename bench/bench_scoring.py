@@ -243,6 +243,7 @@ def rss_child(mode: str, n: int, model_dir: str, depth: int, strategy: str) -> d
         pe = PoolEmbeddings(spec, learner.embedding_model)
         ids, inputs = unlabeled_pool(deps, 1, spec, SPAM_XML, set(), prepare=pe.update)  # type: ignore[arg-type]
         emb = pe.rows(ids, inputs) if learner.uses_embeddings else None
+        pe.release()  # as the cycle does: the task data goes, the embedding matrix stays
         steps["embedded_now"] = pe.stats.get("embedded", -1)
     else:
         inputs = synthetic_texts(n, seed=2)
@@ -434,7 +435,8 @@ def main() -> None:
     if args.read_pool:
         result["read_pool"] = read_pool_timing(args.read_pool, args.runs)
     if not args.skip_rss:
-        result["rss"] = run_rss(args.rss_pool, args.pythonpath, ["margin", "vote_entropy"], args.depth)
+        names = os.environ.get("BENCH_RSS_STRATEGIES", "margin,vote_entropy").split(",")
+        result["rss"] = run_rss(args.rss_pool, args.pythonpath, names, args.depth)
     result["load_after"] = os.getloadavg()
     print(json.dumps(result, indent=1))
 

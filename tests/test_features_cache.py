@@ -118,3 +118,21 @@ def test_pool_sync_saves_embeddings_once_and_keeps_them_across_full_reads(tmp_pa
     # A new label config drops them: everything is embedded again.
     PoolCache(tmp_path, 1).sync("<View><Text/></View>", 3600, lambda: tasks, prepare=prepare)
     assert len(embed.texts) == 4
+
+
+def test_pool_embeddings_rows_are_a_view_gathering_the_cached_rows() -> None:
+    snap = snapshot()
+    pe = cache.PoolEmbeddings(SPEC, "wordllama")
+    assert pe.update(snap) is True and pe.update(snap) is False  # the second pass changes nothing
+    texts = ["see you at lunch", "", "free prize now"]
+    rows = pe.rows([1, 5, 3], texts)
+    assert isinstance(rows, cache.TaskRows) and rows.shape == (3, 256)
+    expected = emb.load().embed(texts).astype(np.float16)
+    np.testing.assert_array_equal(np.asarray(rows), expected)
+    np.testing.assert_array_equal(rows[1:], expected[1:])
+    np.testing.assert_array_equal(rows[[2, 0]], expected[[2, 0]])
+    pe.release()
+    np.testing.assert_array_equal(rows[0:1], expected[0:1])  # the view outlives the snapshot
+    # A text that changed since: no view, the rows are computed where needed.
+    pe.update(snap)
+    assert isinstance(pe.rows([3], ["edited"]), np.ndarray)

@@ -77,9 +77,13 @@ def update(
     values: np.ndarray | None = None
     valid = np.zeros(len(ids), dtype=bool)
     if old is not None and old_keys is not None and len(old.values):
-        found, values = old.rows(ids)
-        key_found, stored = old_keys.rows(ids)
-        valid = found & key_found & (stored == keys)
+        if np.array_equal(old.ids, ids) and np.array_equal(old_keys.ids, ids):
+            # The steady state (same tasks): the rows in place, no copy of the whole matrix.
+            values, valid = old.values, old_keys.values == keys
+        else:
+            found, values = old.rows(ids)
+            key_found, stored = old_keys.rows(ids)
+            valid = found & key_found & (stored == keys)
         values = values.astype(np.float16, copy=False)
     todo = np.flatnonzero(~valid)
     progress("embed", 0, len(todo))
@@ -149,9 +153,42 @@ class PoolEmbeddings:
         self.snap = snap
         return bool(self.stats["changed"])
 
-    def rows(self, task_ids: Sequence[int], texts: Sequence[str]) -> np.ndarray:
-        """(n, dim) float16 embeddings of the tasks' texts, from the cache where it has them."""
+    def rows(self, task_ids: Sequence[int], texts: Sequence[str]) -> Any:
+        """(n, dim) float16 embeddings of the tasks' texts, from the cache where it has them.
+
+        When every task has a valid cached row (the cycle's pool, right after `update`), a
+        `TaskRows` view that gathers rows per slice: a 1,000,000-task pool is not copied whole."""
+        arr = None if self.snap is None else self.snap.arrays.get(array_name(self.model))
+        key_arr = None if self.snap is None else self.snap.arrays.get(array_name(self.model) + KEY_SUFFIX)
+        if arr is not None and key_arr is not None and np.array_equal(arr.ids, key_arr.ids) and len(task_ids):
+            wanted = np.asarray(task_ids, dtype=np.int64)
+            pos = np.minimum(np.searchsorted(arr.ids, wanted), len(arr.ids) - 1)
+            if bool((arr.ids[pos] == wanted).all()) and bool((key_arr.values[pos] == text_keys(texts)).all()):
+                return TaskRows(arr.values, pos)
         return lookup(self.snap, self.model, task_ids, texts, self._embed)
+
+    def release(self) -> None:
+        """Drop the snapshot (task data); views returned by `rows` keep only the embedding matrix."""
+        self.snap = None
+
+
+class TaskRows:
+    """Rows ``values[positions]`` gathered on demand: slicing and indexing return float16 arrays."""
+
+    def __init__(self, values: np.ndarray, positions: np.ndarray) -> None:
+        self.values = values
+        self.positions = positions
+        self.shape = (len(positions), *values.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.asarray(self.values[self.positions[key]])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self.values[self.positions]
+        return out if dtype is None else out.astype(dtype)
 
 
 def describe(snap: PoolSnapshot) -> dict[str, Any]:
