@@ -449,7 +449,10 @@ def test_redis_killed_and_restarted_during_webhooks(own_redis: RedisServer, tmp_
         own_redis.kill()
         codes = [_webhook(stack.server.url, p) for _ in range(20)]
         assert set(codes) == {503}, codes
-        assert stack.predict(p)["model_version"] == stack.store.current(p)
+        # The event before the kill may have queued a cycle that publishes while /predict answers:
+        # either complete version is right.
+        before = stack.store.current(p)
+        assert stack.predict(p)["model_version"] in {before, stack.store.current(p)}
         health = requests.get(f"{stack.server.url}/health", timeout=5)
         assert health.status_code == 200 and health.json()["redis"] == "unavailable"
         own_redis.start()
