@@ -136,6 +136,10 @@ class Stack:
 
     def job(self, job_id: str) -> dict[str, Any]:
         r = requests.get(f"{self.server.url}/jobs/{job_id}", timeout=10)
+        if r.status_code == 503:
+            # The server gives Redis 0.5 s per call (it must answer Label Studio within 1 s); on a
+            # loaded machine a poll can miss that and is answered 503, which is not the job's state.
+            return {"state": "unknown (server answered 503)", "detail": r.json()}
         assert r.status_code == 200, r.text
         return dict(r.json())
 
