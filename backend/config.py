@@ -44,6 +44,8 @@ class Setting:
     help: str
     secret: bool = False
     per_project: bool = False
+    #: The parser for a project's value (extra params arrive in a request), when stricter than `parse`.
+    project_parse: Parser | None = None
 
 
 def setting(
@@ -54,13 +56,14 @@ def setting(
     *,
     secret: bool = False,
     per_project: bool = False,
+    project_parse: Parser | None = None,
 ) -> Any:
     """Declare one setting: its variable, typed default, parser and help text (README meaning).
 
     `secret` keeps the value out of `repr` and error messages; `per_project` lets a project override
-    it through the connection's extra params.
+    it through the connection's extra params, parsed by `project_parse` when given.
     """
-    meta = Setting(env, parse, help, secret=secret, per_project=per_project)
+    meta = Setting(env, parse, help, secret=secret, per_project=per_project, project_parse=project_parse)
     return field(default=default, repr=not secret, metadata={"setting": meta})
 
 
@@ -231,6 +234,16 @@ def check_embedding_model(name: str, raw: str) -> str:
         raise ConfigError(name, str(e)) from None
 
 
+def check_project_embedding_model(name: str, raw: str) -> str:
+    """A project's `embedding_model`: `wordllama` or a hub id; local directories are the admin's."""
+    from backend.features.embeddings import EmbeddingModelError, check_project_model_name
+
+    try:
+        return check_project_model_name(raw)
+    except EmbeddingModelError as e:
+        raise ConfigError(name, str(e)) from None
+
+
 # -- the settings ---------------------------------------------------------------------------------
 
 
@@ -335,6 +348,7 @@ class Settings:
         check_embedding_model,
         "Embedding model: wordllama (weights shipped in the wheel), a model2vec hub id or a local model2vec directory",
         per_project=True,
+        project_parse=check_project_embedding_model,
     )
     model: str = setting(
         "AL_MODEL",
@@ -517,7 +531,8 @@ class ProjectConfig:
                 raise ConfigError(name, f"unknown setting; valid keys: {', '.join([*PER_PROJECT, 'strategy_params'])}")
             if isinstance(value, (dict, list)) or value is None:
                 raise ConfigError(name, f"expected a scalar, got {value!r}")
-            changes[key] = PER_PROJECT[key].parse(name, value)
+            meta = PER_PROJECT[key]
+            changes[key] = (meta.project_parse or meta.parse)(name, value)
         config = replace(self, **changes)
         if config.strategy_params:
             config = replace(config, strategy_params=check_strategy_params(config.strategy, config.strategy_params))

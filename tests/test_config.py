@@ -183,3 +183,22 @@ def test_text_features_and_embedding_model_refuse_bad_values_naming_the_variable
     with pytest.raises(ConfigError) as e:
         ProjectConfig().with_extra_params({"embedding_model": "/etc/passwd"})
     assert e.value.field == "extra_params.embedding_model" and "valid choices" in str(e.value)
+
+
+def test_a_project_cannot_choose_a_local_embedding_model_directory(tmp_path: Path) -> None:
+    """A request's extra params choose no file to load: a local model directory is the admin's setting."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    for name in ("model.safetensors", "tokenizer.json"):
+        (model_dir / name).write_bytes(b"")
+    admin = Settings.from_env({"AL_EMBEDDING_MODEL": str(model_dir)})
+    assert admin.embedding_model == str(model_dir)
+    assert ProjectConfig.defaults(admin).embedding_model == str(model_dir)
+    for value in (str(model_dir), str(tmp_path), "/etc"):
+        with pytest.raises(ConfigError) as e:
+            ProjectConfig.defaults(admin).with_extra_params({"embedding_model": value})
+        assert e.value.field == "extra_params.embedding_model"
+        assert "AL_EMBEDDING_MODEL" in str(e.value) and "missing" not in str(e.value)
+    hub = ProjectConfig.defaults(admin).with_extra_params({"embedding_model": "minishlab/potion-base-8M"})
+    assert hub.embedding_model == "minishlab/potion-base-8M"
+    assert ProjectConfig().with_extra_params({"embedding_model": " wordllama "}).embedding_model == "wordllama"

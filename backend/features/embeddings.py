@@ -74,6 +74,24 @@ def check_model_name(name: Any) -> str:
     raise EmbeddingModelError(f"unknown embedding model {name!r}; valid choices: {CHOICES}")
 
 
+def check_project_model_name(name: Any) -> str:
+    """Validate a project's embedding model (from a request's extra params); return it stripped.
+
+    A request may choose ``wordllama`` or a hub id, never a local directory: which files on the
+    server get loaded is the admin's choice (``AL_EMBEDDING_MODEL``). A value that names an existing
+    path is refused without saying what is there.
+    """
+    if isinstance(name, str) and name.strip() == DEFAULT_MODEL:
+        return DEFAULT_MODEL
+    if not isinstance(name, str) or not _HUB_ID.match(name.strip()) or Path(name.strip()).exists():
+        raise EmbeddingModelError(
+            f"embedding model {name!r} cannot be chosen per project; valid choices: {DEFAULT_MODEL!r} or a "
+            "model2vec hub id such as 'minishlab/potion-base-8M' (a local model directory is the admin's "
+            "AL_EMBEDDING_MODEL)"
+        )
+    return name.strip()
+
+
 class StaticEmbedder:
     """Embeds texts with one static model: `embed(texts)` -> (n, dim) float32, rows of norm 1 or 0.
 
