@@ -250,6 +250,24 @@ def test_text_project_on_an_installed_plugin_model(
         answer = requests.post(f"{server.url}/predict", json=body, timeout=30).json()
         assert answer["model_version"] == version
         assert answer["results"][0]["result"][0]["value"]["choices"][0] in ("spam", "no_spam")
+        # Status and the learning curve read a plugin's versions as they read the built-in learner's.
+        status = requests.get(f"{server.url}/projects/{project}/status", timeout=30).json()
+        assert status["current_version"] == version and status["n_labels"] == 10
+        assert status["learning_curve"][-1]["version"] == version
+        png = requests.get(f"{server.url}/projects/{project}/learning-curve.png", timeout=30)
+        assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+        # Rollback: a newer plugin version, then the earlier one serves again (loaded from its artifact).
+        create_annotation(ls, task_ids[10], choice_result(data[10][1]))
+        wait_for(
+            lambda: store.current(project) != version and store.metadata(project)["n_labels"] == 11,
+            240,
+            0.5,
+            "a second plugin version trained on 11 labels",
+        )
+        wait_for(lambda: cycles_idle(settings), 240, 0.5, "no cycle queued or running")
+        store.rollback(project, version)
+        rolled = requests.post(f"{server.url}/predict", json=body, timeout=30).json()
+        assert rolled["model_version"] == version
         # A strategy the model cannot serve is refused by /setup, naming both.
         refused = requests.post(
             f"{server.url}/setup",
