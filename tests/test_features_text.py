@@ -10,7 +10,7 @@ import scipy.sparse as sp
 
 from backend.features import embeddings as emb
 from backend.features.tabular import TabularFeaturizer
-from backend.features.text import TextFeaturizer
+from backend.features.text import MAX_TEXT_CHARS, TextFeaturizer
 from backend.labelconfig import TaskSpec
 from backend.learner import Learner
 
@@ -111,3 +111,17 @@ def test_append_dense_equals_hstack() -> None:
     assert out.dtype == np.float32 and out.shape == (3, 5)
     np.testing.assert_array_equal(out.toarray(), np.hstack([A.toarray(), D]))
     np.testing.assert_array_equal(out.indptr, [0, 3, 5, 9])  # every dense value stored, zeros too
+
+
+def test_texts_are_cut_at_max_text_chars_in_training_and_prediction() -> None:
+    """Only a text's first MAX_TEXT_CHARS characters make its features (TF-IDF's tokenizer holds the
+    GIL for ~0.3 s per MB); words after the cut are not in the vocabulary, the embedding is unchanged.
+    Broken once: without the cut the tail's words are fitted and the rows differ."""
+    head = ("ok lunch at home " * MAX_TEXT_CHARS)[:MAX_TEXT_CHARS]
+    long = head + " tailword" * 1000
+    f = TextFeaturizer("tfidf+embedding")
+    X = f.fit_transform([long, "see you at home"])
+    assert f.vectorizer is not None and "tailword" not in f.vectorizer.vocabulary_
+    assert (f.transform([long]) != f.transform([head])).nnz == 0
+    assert (X[0] != f.transform([head])).nnz == 0
+    np.testing.assert_array_equal(f.embed([long]), emb.load(f.embedding_model).embed([long]))

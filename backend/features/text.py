@@ -14,6 +14,11 @@
 
 An embedding depends only on the text and the model, so the pool cache keeps each task's embedding
 (`embeddings=` below) and a text is embedded once, not once per cycle.
+
+Every text is cut to its first `MAX_TEXT_CHARS` characters before either feature sees it, in
+training and in prediction alike: TF-IDF's tokenizer holds the GIL for ~0.3 s per MB, so a few
+60-task `/predict` bodies of 1 MB texts would take a core for minutes, while the first 20,000
+characters (some 3,000 words) already say what a document is about.
 """
 
 from __future__ import annotations
@@ -31,7 +36,16 @@ from backend.features import embeddings as emb
 
 # Chosen on sms_spam (sentiment_sentences held out): docs/benchmarks.md, "Text features".
 DEFAULT_EMBEDDING_WEIGHT = 1.0
+#: characters of a text that its features are computed from; the rest is ignored. More than the
+#: embedding reads (model2vec cuts a text to MAX_TOKENS x its median token length, ~3,000 characters
+#: for wordllama), so only TF-IDF sees a difference, and only in texts longer than this.
+MAX_TEXT_CHARS = 20_000
 _DIGIT = re.compile(r"\d")
+
+
+def clip_texts(texts: Sequence[Any]) -> list[str]:
+    """`texts` as strings of at most MAX_TEXT_CHARS characters (their beginnings)."""
+    return [(t if isinstance(t, str) else str(t))[:MAX_TEXT_CHARS] for t in texts]
 
 
 def shape_numbers(text: str) -> str:
@@ -112,7 +126,7 @@ class TextFeaturizer:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """The embeddings of `texts` with this featurizer's model, (n, dim) float32."""
-        return emb.load(self.embedding_model).embed(texts)
+        return emb.load(self.embedding_model).embed(clip_texts(texts))
 
     def _embeddings(self, texts: Sequence[str], embeddings: np.ndarray | None) -> np.ndarray:
         if embeddings is None:
@@ -131,7 +145,7 @@ class TextFeaturizer:
 
     def fit_transform(self, texts: Sequence[str], embeddings: np.ndarray | None = None) -> Any:
         """Fit TF-IDF (if used) on `texts` and return their features."""
-        texts = [str(t) for t in texts]
+        texts = clip_texts(texts)
         tfidf = None
         if self.uses_tfidf:
             self.vectorizer = TfidfVectorizer(
@@ -158,7 +172,7 @@ class TextFeaturizer:
 
     def transform(self, texts: Sequence[str], embeddings: np.ndarray | None = None) -> Any:
         """Features of `texts` with the fitted vocabulary; `embeddings` (aligned rows) skips embedding."""
-        texts = [str(t) for t in texts]
+        texts = clip_texts(texts)
         tfidf = None
         if self.uses_tfidf:
             if self.vectorizer is None:

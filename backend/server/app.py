@@ -7,7 +7,9 @@ Guard, measured and logged). Every client error is a 4xx JSON body `{"error": ".
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 
 import redis
 from fastapi import FastAPI, Request
@@ -23,7 +25,7 @@ from backend.models import ModelRegistry
 from backend.server import metrics, pipelines, protocol
 from backend.server.deps import ProjectLookup
 from backend.server.guard import Guard
-from backend.server.schemas import ApiError, ErrorBody, field_from_loc
+from backend.server.schemas import ApiError, ErrorBody, validation_error_body
 from backend.store import ModelStore
 
 log = logging.getLogger("lsal.server")
@@ -43,6 +45,7 @@ def create_app(settings: Settings, *, redis_url: str | None = None) -> FastAPI:
     store = ModelStore(settings.model_dir, keep=settings.keep_versions)
 
     app = FastAPI(
+        lifespan=_lifespan,
         title="lsal",
         version=__version__,
         description="Active-learning ML backend for Label Studio",
@@ -60,6 +63,14 @@ def create_app(settings: Settings, *, redis_url: str | None = None) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     return app
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    pool = getattr(app.state, "predict_pool", None)
+    if pool is not None:  # its processes would otherwise outlive a stopping server
+        pool.close()
 
 
 def build_app(settings: Settings | None = None) -> RequestMetrics:
@@ -93,17 +104,12 @@ def redis_connection(url: str) -> redis.Redis:
 
 async def api_error(_: Request, exc: ApiError) -> JSONResponse:
     """An `ApiError` as its JSON body."""
-    return JSONResponse({"error": exc.error, "field": exc.field}, status_code=exc.status)
+    return JSONResponse({"error": exc.error, "field": exc.field}, status_code=exc.status, headers=exc.headers)
 
 
 async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
     """The first validation error as a 400 naming its field (FastAPI's default is a 422 list)."""
-    first = exc.errors()[0] if exc.errors() else {"msg": "invalid request", "loc": ("body",)}
-    loc = tuple(first.get("loc", ("body",)))
-    if first.get("type") == "json_invalid":
-        return JSONResponse({"error": "malformed JSON body", "field": "body"}, status_code=400)
-    field_name = field_from_loc(loc)
-    return JSONResponse({"error": f"{field_name}: {first.get('msg')}", "field": field_name}, status_code=400)
+    return JSONResponse(validation_error_body(exc.errors()), status_code=400)
 
 
 async def redis_error(_: Request, exc: redis.RedisError) -> JSONResponse:

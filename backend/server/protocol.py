@@ -11,12 +11,13 @@ import json
 import logging
 from typing import Any
 
-import anyio
 import redis
 import requests
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
 
 from backend import __version__, projects, selection, strategies
 from backend.config import ConfigError, Settings
@@ -36,6 +37,7 @@ from backend.server.deps import (
     StoreDep,
     require_jobs,
 )
+from backend.server.predict_pool import PredictPool
 from backend.server.schemas import (
     ApiError,
     HealthResponse,
@@ -44,6 +46,7 @@ from backend.server.schemas import (
     SetupRequest,
     SetupResponse,
     WebhookResponse,
+    inline_refs,
     parse_project,
 )
 from backend.store import ModelStore
@@ -57,12 +60,17 @@ ANNOTATION_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_C
 TASK_ACTIONS = {"TASKS_CREATED", "TASKS_DELETED"}
 HANDLED_ACTIONS = set(CYCLE_ACTIONS) | ANNOTATION_ACTIONS | TASK_ACTIONS
 # Small requests (the annotator opening a task) run on the event loop: a thread hop costs more
-# than the prediction. Anything larger goes to the thread pool so /health stays prompt. Chosen by
-# body size as well as task count: 60 tasks of 1 MB each are as slow as 60,000 short ones.
+# than the prediction. A body larger than INLINE_PREDICT_BYTES is parsed and scored in another
+# process (backend.server.predict_pool): chosen by size, since 60 tasks of 1 MB each are as slow as
+# 60,000 short ones, and parsing alone holds the GIL for ~0.4 s per 60 MB. Small bodies with many
+# tasks, and image tasks (a download each), run in a thread.
 INLINE_PREDICT_TASKS = 64
 INLINE_PREDICT_BYTES = 64 * 1024
-#: large /predict requests scored at once per HTTP process; the others wait without using CPU
-LARGE_PREDICTS = 1
+# The body is parsed by the handler (FastAPI would parse a 60 MB body on the event loop), so the
+# OpenAPI document gets its schema here.
+PREDICT_BODY_DOC = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": inline_refs(PredictRequest)}}}
+}
 
 router = APIRouter()
 
@@ -120,31 +128,32 @@ def setup(
     return {"model_version": store.current(project) or UNTRAINED}
 
 
-@router.post("/predict", response_model=PredictResponse, response_model_exclude_none=True)
+@router.post(
+    "/predict", response_model=PredictResponse, response_model_exclude_none=True, openapi_extra=PREDICT_BODY_DOC
+)
 async def predict(
-    body: PredictRequest,
-    request: Request,
-    settings: SettingsDep,
-    store: StoreDep,
-    lookup: ProjectsDep,
-    models: ModelsDep,
-) -> JSONResponse:
+    request: Request, settings: SettingsDep, store: StoreDep, lookup: ProjectsDep, models: ModelsDep
+) -> Response:
     """Pre-annotations from the project's current model, one entry per task, in order."""
-    size = len(await request.body())  # already read (and bounded) by the Guard: no I/O here
-    inline = len(body.tasks) <= INLINE_PREDICT_TASKS and size <= INLINE_PREDICT_BYTES
-    if inline and not _is_image(body, lookup):
+    raw = await request.body()  # already read (and bounded) by the Guard: no I/O here
+    if len(raw) > INLINE_PREDICT_BYTES:
+        status, content = await predict_pool(request.app, settings).score(raw)
+        return Response(content, status_code=status, media_type="application/json")
+    try:
+        body = PredictRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+    if len(body.tasks) <= INLINE_PREDICT_TASKS and not _is_image(body, lookup):
         return JSONResponse(predict_tasks(body, settings, store, lookup, models))
-    if inline:  # image tasks may need a download each: never on the event loop
-        return JSONResponse(await run_in_threadpool(predict_tasks, body, settings, store, lookup, models))
-    # One large prediction at a time per process: scoring holds the GIL for most of its time, so
-    # more threads would only slow each other and starve the event loop (and /health) further.
-    state = request.app.state
-    if getattr(state, "large_predicts", None) is None:
-        state.large_predicts = anyio.CapacityLimiter(LARGE_PREDICTS)
-    result = await anyio.to_thread.run_sync(
-        predict_tasks, body, settings, store, lookup, models, limiter=state.large_predicts
-    )
-    return JSONResponse(result)
+    return JSONResponse(await run_in_threadpool(predict_tasks, body, settings, store, lookup, models))
+
+
+def predict_pool(app: Any, settings: Settings) -> PredictPool:
+    """The app's pool for large /predict bodies, started with the first one (closed by the app's lifespan)."""
+    pool: PredictPool | None = getattr(app.state, "predict_pool", None)
+    if pool is None:
+        pool = app.state.predict_pool = PredictPool(settings)
+    return pool
 
 
 def _is_image(body: PredictRequest, lookup: ProjectLookup) -> bool:

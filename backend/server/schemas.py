@@ -6,6 +6,7 @@ Handlers raise `ApiError`; the app turns it, and every validation error, into a 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,9 +17,12 @@ from backend.store import StoreError, validate_project
 class ApiError(Exception):
     """A client-facing error: HTTP `status`, a message, and the request field it is about."""
 
-    def __init__(self, status: int, error: str, field: str | None = None) -> None:
+    def __init__(
+        self, status: int, error: str, field: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(error)
         self.status, self.error, self.field = status, error, field
+        self.headers = headers
 
 
 class ErrorBody(BaseModel):
@@ -122,6 +126,35 @@ def parse_project(value: Any, field_name: str = "project") -> int:
     if project <= 0:
         raise ApiError(400, f"project id must be a positive integer, got {value!r}", field_name)
     return project
+
+
+def inline_refs(model: type[BaseModel]) -> dict[str, Any]:
+    """`model`'s JSON schema with its `$defs` written in place: a schema that stands alone in the
+    OpenAPI document (whose `#/...` references would point at the document's root)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
+
+
+def validation_error_body(errors: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """The 400 body for pydantic validation errors: the first one, naming its field."""
+    first = errors[0] if errors else {"msg": "invalid request", "loc": ("body",)}
+    if first.get("type") == "json_invalid":
+        return {"error": "malformed JSON body", "field": "body"}
+    field_name = field_from_loc(tuple(first.get("loc", ("body",))))
+    return {"error": f"{field_name}: {first.get('msg')}", "field": field_name}
 
 
 def field_from_loc(loc: tuple[Any, ...]) -> str:
