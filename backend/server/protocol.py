@@ -11,6 +11,7 @@ import json
 import logging
 from typing import Any
 
+import anyio
 import redis
 import requests
 from fastapi import APIRouter, Request
@@ -65,6 +66,8 @@ HANDLED_ACTIONS = set(CYCLE_ACTIONS) | ANNOTATION_ACTIONS | TASK_ACTIONS
 # 60,000 short ones, and parsing alone holds the GIL for ~0.4 s per 60 MB. Small bodies with many
 # tasks, and image tasks (a download each), run in a thread.
 INLINE_PREDICT_TASKS = 64
+#: threads that may ping Redis for /health at once (a ping waits at most the client's 0.5 s timeout)
+HEALTH_THREADS = 2
 INLINE_PREDICT_BYTES = 64 * 1024
 # The body is parsed by the handler (FastAPI would parse a 60 MB body on the event loop), so the
 # OpenAPI document gets its schema here.
@@ -82,15 +85,11 @@ def root() -> dict[str, str]:
 
 
 @router.get("/health", response_model=HealthResponse)
-def health(settings: SettingsDep, connection: RedisDep) -> dict[str, Any]:
+async def health(request: Request, settings: SettingsDep, connection: RedisDep) -> dict[str, Any]:
     """Always UP while the process serves; Redis and the model store are reported for operators."""
     redis_state = "not configured"
     if connection is not None:
-        try:
-            connection.ping()
-            redis_state = "ok"
-        except redis.RedisError:
-            redis_state = "unavailable"
+        redis_state = await anyio.to_thread.run_sync(_ping, connection, limiter=_health_threads(request.app))
     store_state = "ok" if settings.model_dir.is_dir() or not settings.model_dir.exists() else "not a directory"
     return {
         "status": "UP",
@@ -99,6 +98,23 @@ def health(settings: SettingsDep, connection: RedisDep) -> dict[str, Any]:
         "redis": redis_state,
         "model_store": store_state,
     }
+
+
+def _ping(connection: redis.Redis) -> str:
+    try:
+        connection.ping()
+    except redis.RedisError:
+        return "unavailable"
+    return "ok"
+
+
+def _health_threads(app: Any) -> anyio.CapacityLimiter:
+    # /health's Redis ping runs in threads of its own: on the event loop a slow Redis would stall
+    # every request, and in the shared thread pool it would queue behind the webhooks' Redis work.
+    limiter: anyio.CapacityLimiter | None = getattr(app.state, "health_threads", None)
+    if limiter is None:
+        limiter = app.state.health_threads = anyio.CapacityLimiter(HEALTH_THREADS)
+    return limiter
 
 
 @router.post("/setup", response_model=SetupResponse)
@@ -240,6 +256,13 @@ async def webhook(request: Request, settings: SettingsDep, lookup: ProjectsDep, 
         raise ApiError(400, "malformed JSON body", "body") from None
     if not isinstance(body, dict):
         raise ApiError(400, "expected a JSON object", "body")
+    # Off the event loop: an event costs a few Redis round trips, each a blocking wait that on a
+    # busy machine lasts milliseconds, and /health must not queue behind them.
+    return await run_in_threadpool(handle_event, body, settings, lookup, jobs)
+
+
+def handle_event(body: dict[str, Any], settings: Settings, lookup: ProjectLookup, jobs: Jobs | None) -> dict[str, Any]:
+    """The answer to one webhook event (a JSON object), after queueing what it asks for."""
     action = body.get("action")
     if not isinstance(action, str) or not action:
         raise ApiError(400, "action must be a non-empty string", "action")
