@@ -21,7 +21,12 @@ SOURCES = (
     "tests/test_cli_serve.py",
 )
 #: modules most of whose tests are not about faults: only their documented tests become rows
-PARTIAL_SOURCES = ("tests/test_deploy.py", "tests/test_pool.py", "tests/test_projectdir.py")
+PARTIAL_SOURCES = (
+    "tests/test_deploy.py",
+    "tests/test_pool.py",
+    "tests/test_projectdir.py",
+    "tests/test_server_predict_pool.py",
+)
 DOC = REPO / "docs" / "reliability.md"
 BEGIN, END = "<!-- reliability-table:begin -->", "<!-- reliability-table:end -->"
 FIELDS = ("Fault", "Done", "Expected", "Observed")
