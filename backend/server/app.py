@@ -53,6 +53,7 @@ def create_app(settings: Settings, *, redis_url: str | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.redis = connection
+    app.state.redis_url = url  # /health pings through its own asyncio client (protocol.redis_state)
     app.state.jobs = Jobs(connection, settings.queue_name, settings.job_timeout) if connection is not None else None
     app.state.store = store
     app.state.projects = ProjectLookup(settings.model_dir, ProjectConfig.defaults(settings))
