@@ -53,7 +53,6 @@ def create_app(settings: Settings, *, redis_url: str | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.redis = connection
-    app.state.redis_url = url  # /health pings through its own asyncio client (protocol.redis_state)
     app.state.jobs = Jobs(connection, settings.queue_name, settings.job_timeout) if connection is not None else None
     app.state.store = store
     app.state.projects = ProjectLookup(settings.model_dir, ProjectConfig.defaults(settings))
@@ -113,7 +112,10 @@ async def validation_error(_: Request, exc: RequestValidationError) -> JSONRespo
     return JSONResponse(validation_error_body(exc.errors()), status_code=400)
 
 
-async def redis_error(_: Request, exc: redis.RedisError) -> JSONResponse:
+async def redis_error(request: Request, exc: redis.RedisError) -> JSONResponse:
     """A 503 that says what was lost (nothing durable) when Redis is down; never the error's text."""
     log.warning("redis unavailable: %s", type(exc).__name__)
+    probe = getattr(request.app.state, "redis_probe", None)
+    if probe is not None:
+        probe.mark_unavailable()  # /health says so now, not at its next PING
     return JSONResponse({"error": REDIS_DOWN, "field": None}, status_code=503)
