@@ -214,14 +214,27 @@ def _labeled(
     learner: Scorer,
     labeled_inputs: Sequence[Any],
     labeled_y: Sequence[Any],
-    embeddings: np.ndarray | None = None,
+    embeddings: Any = None,
+    *,
+    in_embedding_space: bool = False,
 ) -> tuple[Any | None, np.ndarray | None]:
-    """Features and class codes of the labeled rows whose label the model knows."""
+    """Features and class codes of the labeled rows whose label the model knows; with
+    ``in_embedding_space``, their unit-norm ``embeddings`` instead of the model's features."""
     # Codes by position in classes_: sorted codes are then exactly proba's column order.
     index = {label: i for i, label in enumerate(learner.classes_)}
     known = [i for i, y in enumerate(labeled_y) if y in index]
+    codes = np.array([index[labeled_y[i]] for i in known], dtype=np.int64)
+    if in_embedding_space and embeddings is not None:
+        return unit_rows(embeddings[np.asarray(known, dtype=np.int64)]), codes
     features = learner.transform([labeled_inputs[i] for i in known], None if embeddings is None else embeddings[known])
-    return features, np.array([index[labeled_y[i]] for i in known], dtype=np.int64)
+    return features, codes
+
+
+def unit_rows(embeddings: Any) -> np.ndarray:
+    """``embeddings`` as float32 rows of norm 1 (a zero row, the embedding of an empty text, stays 0)."""
+    E = np.asarray(embeddings, dtype=np.float32)
+    norms = np.linalg.norm(E, axis=1, keepdims=True)
+    return E / np.where(norms > 0, norms, 1.0)
 
 
 def select(
@@ -288,23 +301,38 @@ def select(
         return Selection(empty, np.zeros(0), np.zeros(0), empty, [], 0.0)
     ranked = strategies.priority_order(cand_info, None)
     chosen, X, proba = cand_rows[ranked], cand_X[ranked], cand_proba[ranked]
+    # Distances (clusters, density, core-set) are measured between the texts' sentence embeddings
+    # when the pool has them, not in [TF-IDF | embedding]: in the TF-IDF block two texts that share
+    # no word are all equally far apart, so k-means and k-center there split on noise (measured in
+    # docs/benchmarks.md, "What was tried"). Strategies that refit the model keep its features.
+    space = X if embeddings is None else unit_rows(embeddings[cand_rows[ranked]])
     # One cluster per pick (cluster-margin, Citovsky et al. 2021), at most MAX_CLUSTERS: a batch then
     # takes the most uncertain task of each region, and Label Studio's cluster rule serves them in
     # that spread. Measured against sqrt(depth) + 1 clusters in docs/benchmarks.md.
     n_clusters = max(1, min(len(chosen), depth, MAX_CLUSTERS))
-    clusters = strategies.cluster_ids(X, n_clusters, seed=seed)
+    clusters = strategies.cluster_ids(space, n_clusters, seed=seed)
     if entry.pointwise:
         info = cand_info[ranked]
     else:
         labeled_X = labeled_codes = None
         has_labeled = labeled_inputs is not None and labeled_y is not None and len(labeled_inputs) > 0
-        if "labeled" in entry.requires(params) and has_labeled and not multi_label:
+        # A strategy that refits the model (an estimator) needs the model's features; the others
+        # only measure distances, in `space`.
+        reads_labeled = "labeled" in entry.requires(params)
+        in_space = (
+            space is not X
+            and "estimator" not in entry.requires(params)
+            and (labeled_embeddings is not None or not reads_labeled)
+        )
+        if reads_labeled and has_labeled and not multi_label:
             assert labeled_inputs is not None and labeled_y is not None
-            labeled_X, labeled_codes = _labeled(learner, labeled_inputs, labeled_y, labeled_embeddings)
+            labeled_X, labeled_codes = _labeled(
+                learner, labeled_inputs, labeled_y, labeled_embeddings, in_embedding_space=in_space
+            )
         inp = strategies.ScoringInput(
             proba=proba,
             committee=learner.committee_proba(X) if "committee" in entry.requires(params) else None,
-            features=X,
+            features=space if in_space else X,
             labeled_features=labeled_X,
             labeled_y=labeled_codes,
             multi_label=multi_label,
@@ -316,6 +344,10 @@ def select(
             derived["batch_size"] = min(depth, len(chosen))
         if entry.param("clusters") is not None:
             derived["clusters"] = clusters  # picks agree with the cluster field Label Studio sees
+        if entry.param("typical") is not None and "typical" not in params and space is X:
+            # Typicality weighting is measured in the text embedding space only (docs/benchmarks.md);
+            # tabular, image and TF-IDF-only pools keep the measured plain cluster-margin.
+            derived["typical"] = 0.0
         info = strategies.informativeness(entry.name, inp, **params, **derived)
     local = strategies.priority_order(info, depth)
     return Selection(

@@ -280,6 +280,8 @@ class Plan:
     learner_params: dict[str, Any] = field(default_factory=dict)
     model: str = BUILTIN  # a name in the registry of AL_MODELS + entry points (``models_env``)
     models_env: str = ""
+    # The pool's text embeddings, as the worker's pool cache holds them (None: the model uses none).
+    pool_embeddings: np.ndarray | None = None
 
 
 @functools.lru_cache(maxsize=4)
@@ -315,11 +317,31 @@ def initial_set(y: Sequence[str], n: int, seed: int) -> list[int]:
 COLD_START_LABELS = 10
 
 
+def pool_embeddings(
+    spec: TaskSpec, inputs: Sequence[Any], model: str, learner_params: Mapping[str, Any]
+) -> np.ndarray | None:
+    """The pool's text embeddings as the worker's pool cache holds them, for the built-in model when
+    its features use them (else None): selection and the cold start then read them as in production."""
+    if model != BUILTIN or spec.kind != "text":
+        return None
+    learner = Learner(spec, **learner_params)
+    # float16, as the pool cache stores them.
+    return learner.embed(inputs).astype(np.float16) if learner.uses_embeddings else None
+
+
 def cold_start_set(
-    spec: TaskSpec, inputs: Sequence[Any], y: Sequence[str], n: int, seed: int, learner_params: Mapping[str, Any]
+    spec: TaskSpec,
+    inputs: Sequence[Any],
+    y: Sequence[str],
+    n: int,
+    seed: int,
+    learner_params: Mapping[str, Any],
+    embeddings: np.ndarray | None = None,
 ) -> list[int]:
-    """The first ``n`` rows of the server's cold-start seed order (a second class swapped in if needed)."""
-    order = [int(i) for i in selection.seed_order(spec, inputs, len(inputs), seed, learner_params=learner_params).rows]
+    """The first ``n`` rows of the server's cold-start seed order (a second class swapped in if needed);
+    ``embeddings``: the pool's, which the server clusters on when its pool cache has them."""
+    order = selection.seed_order(spec, inputs, len(inputs), seed, learner_params=learner_params, embeddings=embeddings)
+    order = [int(i) for i in order.rows]
     picks = order[:n]
     if len({y[i] for i in picks}) < 2:
         other = next((i for i in order[n:] if y[i] != y[picks[0]]), None)
@@ -331,7 +353,8 @@ def cold_start_set(
 def _fit(plan: Plan, labeled: Sequence[int], seed: int) -> Model:
     """The project's model (``plan.model``) fitted on the labeled pool rows, as the cycle fits it."""
     model = _registry(plan.models_env).create(plan.model, plan.spec, seed=seed, learner_params=plan.learner_params)
-    return fit_checked(model, [plan.pool_inputs[i] for i in labeled], [plan.pool_y[i] for i in labeled])
+    emb = None if plan.pool_embeddings is None else plan.pool_embeddings[np.asarray(labeled, dtype=np.int64)]
+    return fit_checked(model, [plan.pool_inputs[i] for i in labeled], [plan.pool_y[i] for i in labeled], emb)
 
 
 def _score(model: Model, inputs: Sequence[Any], y: Sequence[str]) -> tuple[float, float]:
@@ -363,6 +386,7 @@ def run_one(plan: Plan, name: str, repeat: int, tick: Callable[[], None] | None 
             break
         k = min(plan.batch, plan.budget - len(labeled))
         rest = np.flatnonzero(in_pool)
+        emb = plan.pool_embeddings
         chosen = selection.select(
             scorer_for_strategy(model, name),
             [plan.pool_inputs[i] for i in rest],
@@ -372,6 +396,8 @@ def run_one(plan: Plan, name: str, repeat: int, tick: Callable[[], None] | None 
             multi_label=False,
             labeled_inputs=[plan.pool_inputs[i] for i in labeled],
             labeled_y=[plan.pool_y[i] for i in labeled],
+            embeddings=None if emb is None else emb[rest],
+            labeled_embeddings=None if emb is None else emb[np.asarray(labeled, dtype=np.int64)],
         )
         picked = [int(rest[j]) for j in chosen.rows]
         if len(picked) != k or len(set(picked)) != k:
@@ -619,18 +645,18 @@ def simulate(cfg: SimulationConfig, progress: TextIO | None = None) -> dict[str,
             f"{cfg.test_fraction:g} test split)"
         )
     seeds = [cfg.seed + r for r in range(cfg.repeats)]
+    pool_inputs = [ds.inputs[i] for i in pool_idx]
+    pool_emb = pool_embeddings(ds.spec, pool_inputs, cfg.model, cfg.learner_params)
     plan = Plan(
         spec=ds.spec,
-        pool_inputs=[ds.inputs[i] for i in pool_idx],
+        pool_inputs=pool_inputs,
         pool_y=pool_y,
         test_inputs=[test_source.inputs[i] for i in test_idx],
         test_y=[test_source.y[i] for i in test_idx],
         initial_sets=[
             initial_set(pool_y, cfg.initial, s)
             if cfg.initial
-            else cold_start_set(
-                ds.spec, [ds.inputs[i] for i in pool_idx], pool_y, COLD_START_LABELS, s, cfg.learner_params
-            )
+            else cold_start_set(ds.spec, pool_inputs, pool_y, COLD_START_LABELS, s, cfg.learner_params, pool_emb)
             for s in seeds
         ],
         seeds=seeds,
@@ -639,6 +665,7 @@ def simulate(cfg: SimulationConfig, progress: TextIO | None = None) -> dict[str,
         learner_params=dict(cfg.learner_params),
         model=cfg.model,
         models_env=cfg.models_env,
+        pool_embeddings=pool_emb,
     )
     resolved = {n: strategies.resolve(n) for n in names}
     registry = _registry(cfg.models_env)

@@ -634,6 +634,49 @@ def round_robin(inf: np.ndarray, clusters: np.ndarray, k: int) -> np.ndarray:
     return order[:k]
 
 
+def typicality(
+    features: Features, k: int = 20, n_ref: int = 2000, seed: int = 0, floor_quantile: float = 0.05
+) -> np.ndarray:
+    """TypiClust's typicality of each row, 1 / mean distance to its ``k`` nearest rows (Hacohen,
+    Dekel & Weinshall, *Active Learning on a Budget*, ICML 2022), scaled so the largest is 1.
+
+    Neighbours are looked for among at most ``n_ref`` rows drawn with ``seed`` (all rows when there
+    are fewer; a row is never its own neighbour): O(n * n_ref * d) time, O(block * n_ref) memory.
+    The mean distance is floored at its ``floor_quantile`` over the rows where it is positive, so a
+    text repeated k times (mean distance 0) ties with the densest rows instead of counting as
+    infinitely typical, and is picked on its informativeness like them.
+    """
+    x = _check_features(features, None)
+    n = x.shape[0]
+    if n < 2:
+        return np.ones(n)
+    rng = np.random.default_rng(seed)
+    ref_idx = np.arange(n) if n <= n_ref else np.sort(rng.choice(n, size=n_ref, replace=False))
+    ref = _rows(x, ref_idx)  # CSR stays CSR: a dense TF-IDF reference could take gigabytes
+    kk = max(1, min(k, len(ref_idx) - 1))
+    where = np.full(n, -1, dtype=np.int64)
+    where[ref_idx] = np.arange(len(ref_idx))
+    x_sq = _row_norms_sq(x).astype(np.float64)
+    ref_sq = x_sq[ref_idx]
+    mean_d = np.empty(n)
+    step = max(1, (1 << 22) // len(ref_idx))  # (step, n_ref) float64 blocks of ~32 MB
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        cross = _rows(x, np.arange(start, stop)) @ ref.T
+        cross = np.asarray(cross.toarray() if sp.issparse(cross) else cross, dtype=np.float64)
+        d2 = np.maximum(x_sq[start:stop, None] - 2.0 * cross + ref_sq[None, :], 0.0)
+        own = where[start:stop]
+        mine = np.flatnonzero(own >= 0)
+        d2[mine, own[mine]] = np.inf
+        nearest = np.partition(d2, kk - 1, axis=1)[:, :kk]
+        mean_d[start:stop] = np.sqrt(nearest).mean(axis=1)
+    positive = mean_d[mean_d > 0]
+    floor = float(np.quantile(positive, floor_quantile)) if positive.size else 1.0
+    mean_d = np.maximum(mean_d, floor)
+    typical = 1.0 / mean_d
+    return typical / typical.max()
+
+
 def diversity_select(
     inp: ScoringInput,
     k: int,
@@ -641,6 +684,7 @@ def diversity_select(
     prefilter: int = 10,
     clusters: np.ndarray | None = None,
     aggregate: str = "mean",
+    typical: float = 1.0,
 ) -> np.ndarray:
     """Diverse batch: ``k`` informative rows spread over clusters, in priority order.
 
@@ -652,8 +696,20 @@ def diversity_select(
     If ``clusters`` (a cluster id per pool row, e.g. from :func:`cluster_ids`) is given instead,
     picks go round-robin over those clusters (:func:`round_robin`), so the batch agrees with the
     ``cluster`` field written to Label Studio.
+    ``typical`` > 0 weighs the informativeness by :func:`typicality` ``** typical`` (information
+    density, Settles & Craven 2008, with TypiClust's typicality): the uncertain rows that many others
+    resemble come before uncertain outliers; 0 ranks by ``base`` alone.
     """
-    return _diversity_picks(inp, k, _base(inp, base, aggregate), prefilter, clusters)
+    return _diversity_picks(inp, k, _weighted(inp, _base(inp, base, aggregate), typical), prefilter, clusters)
+
+
+def _weighted(inp: ScoringInput, inf: np.ndarray, typical: float) -> np.ndarray:
+    """``inf * typicality ** typical``; ``inf`` itself for ``typical`` = 0, an empty pool, or no
+    features (a batch over given clusters needs none)."""
+    if typical == 0 or inf.shape[0] == 0 or inp.features is None:
+        return inf
+    x = _check_features(inp.features, inf.shape[0])
+    return np.asarray(inf * typicality(x, seed=inp.seed) ** typical)
 
 
 def _diversity_picks(
@@ -951,6 +1007,7 @@ def diversity_informativeness(
     clusters: np.ndarray | None = None,
     aggregate: str = "mean",
     batch_size: int = 100,
+    typical: float = 1.0,
 ) -> np.ndarray:
     """``diversity`` as informativeness: the :func:`diversity_select` batch banded above the rest.
 
@@ -958,7 +1015,8 @@ def diversity_informativeness(
     row half its ``base`` value, in [0, 0.5] (:func:`_band`).
     """
     base_inf = _base(inp, base, aggregate)
-    picks = _diversity_picks(inp, min(batch_size, len(base_inf)), base_inf, prefilter, clusters)
+    weighted = _weighted(inp, base_inf, typical)
+    picks = _diversity_picks(inp, min(batch_size, len(base_inf)), weighted, prefilter, clusters)
     return _band(picks, base_inf)
 
 
@@ -1251,12 +1309,13 @@ def _entries() -> tuple[Strategy, ...]:
             diversity_informativeness,
             "pool",
             "batch",
-            formula="batch: prefilter the `prefilter·k` most informative rows by `base` (default margin), "
-            "weighted k-means with k centres, the row nearest each centre; or round-robin over given "
-            "`clusters` (the cycle: one cluster per pick, cluster-margin)",
+            formula="batch: informativeness = `base` (default margin) × typicality^`typical` (TypiClust's "
+            "1 / mean distance to the 20 nearest rows, scaled to max 1); prefilter the `prefilter·k` most "
+            "informative rows, weighted k-means with k centres, the row nearest each centre; or round-robin "
+            "over given `clusters` (the cycle: one cluster per pick, the most informative row of each)",
             normalization="banded (below)",
-            reference="Zhdanov 2019; Citovsky et al. 2021",
-            cost="O(n) + k-means on `10k` rows; memory O(n + 10k·k), never n × n",
+            reference="Zhdanov 2019; Citovsky et al. 2021; Settles & Craven 2008; Hacohen et al. 2022",
+            cost="O(n) + k-means on `10k` rows + typicality O(n · 2000 · d); memory O(n + 10k·k), never n × n",
             cost_rank=2,
             when="labelling in batches; avoids near-duplicates in one batch",
             needs=frozenset({"features"}),
@@ -1273,6 +1332,14 @@ def _entries() -> tuple[Strategy, ...]:
                 ),
                 _aggregate(),
                 _batch_size(),
+                Param(
+                    "typical",
+                    1.0,
+                    float,
+                    "weight of typicality: picks by base × typicality^typical (0: base alone)",
+                    0.0,
+                    10.0,
+                ),
             ),
             select=diversity_select,
         ),

@@ -173,6 +173,57 @@ def test_diversity_takes_one_cluster_per_pick_up_to_the_cap(
     assert len(set(sel.clusters.tolist())) == expected
 
 
+def _two_views() -> tuple[list[str], np.ndarray]:
+    """60 texts in two word blocks (rows 0-29, 30-59) whose embeddings group them by parity instead.
+
+    The blocks share no word (TF-IDF distance sqrt(2)); the parity groups are 0.46 apart in the
+    embedding, so [TF-IDF | embedding] splits by block and the embedding alone by parity."""
+    texts = [f"invoice payment overdue {i}" for i in range(30)] + [f"football match tonight {i}" for i in range(30)]
+    rng = np.random.default_rng(0)
+    E = np.zeros((60, 256), dtype=np.float32)
+    E[0::2, 0] = 1.0
+    E[1::2, :2] = np.array([1.0, 0.5]) / np.sqrt(1.25)
+    E += 0.005 * rng.standard_normal(E.shape).astype(np.float32)
+    return texts, E.astype(np.float16)
+
+
+def test_clusters_are_found_in_the_embedding_space_when_the_pool_has_it(learner: Learner) -> None:
+    """With the pool cache's embeddings, k-means runs on them (unit rows), not on [TF-IDF | embedding]:
+    the cluster ids are exactly those of the embeddings of the candidates, in priority order."""
+    texts, E = _two_views()
+    sel = selection.select(learner, texts, "diversity", 2, seed=0, multi_label=False, embeddings=E)
+    info = strategies.margin(learner.predict_proba(learner.transform(texts, E)))
+    ranked = strategies.priority_order(info, None)
+    want = strategies.cluster_ids(selection.unit_rows(E[ranked]), 2, seed=0)
+    position = {int(row): j for j, row in enumerate(ranked)}
+    assert sel.clusters.tolist() == [int(want[position[int(r)]]) for r in sel.rows]
+    assert sorted(int(r) % 2 for r in sel.rows) == [0, 1]  # one pick from each embedding group
+
+
+def test_coreset_measures_distance_to_the_labeled_rows_in_the_embedding_space(learner: Learner) -> None:
+    """k-center greedy's first pick is the pool row farthest from every labeled row in embedding space."""
+    texts, E = _two_views()
+    labeled = [f"football match tonight {i}" for i in range(60, 66)]
+    labeled_y = ["spam", "no_spam"] * 3
+    lab_E = np.tile(E[1], (6, 1))  # the odd rows' group; in words, the football block (rows 30-59)
+    sel = selection.select(
+        learner,
+        texts,
+        "coreset",
+        1,
+        seed=0,
+        multi_label=False,
+        labeled_inputs=labeled,
+        labeled_y=labeled_y,
+        embeddings=E,
+        labeled_embeddings=lab_E,
+    )
+    U, L = selection.unit_rows(E), selection.unit_rows(lab_E)
+    far = np.linalg.norm(U[:, None, :] - L[None, :, :], axis=2).min(axis=1)
+    assert sel.rows.tolist() == [int(np.argmax(far))]
+    assert int(np.argmax(far)) % 2 == 0
+
+
 @pytest.mark.parametrize("name", [n for n, e in strategies.REGISTRY.items() if not e.pointwise])
 def test_pool_level_strategies_pick_distinct_tasks(
     learner: Learner, sms: tuple[list[str], list[str]], name: str

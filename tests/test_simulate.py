@@ -19,6 +19,7 @@ import pytest
 from sklearn.datasets import load_breast_cancer
 
 from backend import cli, selection, simulate, strategies
+from backend.learner import Learner
 from backend.simulate import SimulationConfig, SimulationError, aulc, labels_to_reach, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -446,11 +447,36 @@ def test_initial_zero_starts_from_the_servers_cold_start_order(text_csv: Path) -
     ds = simulate.build_dataset(text_csv, "label", text_column="text")
     pool_idx, _ = simulate.split(ds.y, 0.25, 3)
     pool = [ds.inputs[i] for i in pool_idx]
+    # The server clusters its pool cache's embeddings (float16) when the features use them.
+    cached = Learner(ds.spec).embed(pool).astype(np.float16)
     for r, seed in enumerate((3, 4)):
-        order = selection.seed_order(ds.spec, pool, len(pool), seed).rows.tolist()
+        order = selection.seed_order(ds.spec, pool, len(pool), seed, embeddings=cached).rows.tolist()
         first = d["runs"]["random"][r]["labeled_order"][: simulate.COLD_START_LABELS]
         assert first == order[: simulate.COLD_START_LABELS]  # the seed order as the server writes it
         assert d["runs"]["margin"][r]["labeled_order"][:10] == first
     assert d["runs"]["random"][0]["n_labels"][0] == simulate.COLD_START_LABELS
     with pytest.raises(SimulationError, match="--initial must be 0"):
         simulate.simulate(cfg(text_csv, initial=1), progress=io.StringIO())
+
+
+def test_text_runs_hand_selection_the_pool_cache_embeddings(text_csv: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the cycle does: the pool's and the labeled rows' float16 embeddings reach selection.select."""
+    seen: list[tuple[np.ndarray, np.ndarray, list[Any], list[Any]]] = []
+    real = selection.select
+
+    def spy(learner: Any, inputs: Any, name: str, depth: int, **kw: Any) -> Any:
+        seen.append((kw["embeddings"], kw["labeled_embeddings"], list(inputs), list(kw["labeled_inputs"])))
+        return real(learner, inputs, name, depth, **kw)
+
+    monkeypatch.setattr(selection, "select", spy)
+    simulate.simulate(
+        cfg(text_csv, label_column="label", text_column="text", strategies=["diversity"], repeats=1, budget=30),
+        progress=io.StringIO(),
+    )
+    ds = simulate.build_dataset(text_csv, "label", text_column="text")
+    learner = Learner(ds.spec)
+    assert len(seen) == 2
+    for emb, labeled_emb, pool, labeled in seen:
+        assert emb.dtype == np.float16 and labeled_emb.dtype == np.float16
+        assert np.array_equal(emb, learner.embed(pool).astype(np.float16))
+        assert np.array_equal(labeled_emb, learner.embed(labeled).astype(np.float16))

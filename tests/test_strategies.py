@@ -413,8 +413,8 @@ def test_diversity_spreads_over_clusters() -> None:
     assert len(set(picks.tolist())) == 6
     assert set(truth[picks]) == set(range(6))
     np.testing.assert_array_equal(picks, S.select_batch("diversity", inp, 6))
-    # Picks are in priority (informativeness) order.
-    m = S.informativeness("margin", inp)
+    # Picks are in priority order: margin x typicality.
+    m = S.informativeness("margin", inp) * S.typicality(x, seed=2)
     assert np.all(np.diff(m[picks]) <= 0)
     # Sparse input gives a valid, spread batch too.
     sp_picks = S.select_batch("diversity", ScoringInput(p, features=sp.csr_matrix(x), seed=2), 6)
@@ -429,6 +429,47 @@ def test_diversity_round_robin_with_given_clusters() -> None:
     p = np.c_[1 - inf / 2, inf / 2]  # margin = inf
     picks = S.select_batch("diversity", ScoringInput(p), 3, clusters=clusters)
     np.testing.assert_array_equal(picks, [5, 0, 4])
+
+
+def test_typicality_exact_on_a_line() -> None:
+    x = np.array([[0.0], [0.1], [0.2], [5.0]])
+    # k = 1: nearest-neighbour distances 0.1, 0.1, 0.1, 4.8 -> 1 / d, scaled to max 1.
+    np.testing.assert_allclose(S.typicality(x, k=1), [1.0, 1.0, 1.0, 0.1 / 4.8])
+
+
+def test_typicality_of_a_repeated_text_ties_with_the_densest_rows() -> None:
+    x = np.array([[0.0]] * 5 + [[1.0], [1.5], [3.0], [6.0], [10.0]])
+    # k = 1: the five copies are 0 apart; the rest 0.5, 0.5, 1.5, 3, 4 from their nearest. The floor
+    # (5% quantile of the positive distances) is 0.5, so the copies count as 0.5, not 0.
+    np.testing.assert_allclose(S.typicality(x, k=1), [1.0] * 7 + [1 / 3, 1 / 6, 1 / 8])
+
+
+def test_typicality_matches_brute_force_and_samples_large_inputs() -> None:
+    from sklearn.neighbors import NearestNeighbors
+
+    x = np.random.default_rng(3).standard_normal((300, 5))
+    dist, _ = NearestNeighbors(n_neighbors=21).fit(x).kneighbors(x)
+    brute = 1.0 / dist[:, 1:].mean(axis=1)  # column 0 is the row itself
+    brute = 1.0 / np.maximum(1.0 / brute, np.quantile(1.0 / brute, 0.05))
+    np.testing.assert_allclose(S.typicality(x), brute / brute.max(), rtol=1e-6)
+    np.testing.assert_allclose(S.typicality(sp.csr_matrix(x)), brute / brute.max(), rtol=1e-6)
+    sampled = S.typicality(x, n_ref=100, seed=1)  # neighbours among 100 rows drawn with the seed
+    assert sampled.shape == (300,) and sampled.max() == 1.0 and (sampled > 0).all()
+    np.testing.assert_array_equal(sampled, S.typicality(x, n_ref=100, seed=1))
+
+
+def test_diversity_weighs_informativeness_by_typicality() -> None:
+    # One cluster: row 0 is the most uncertain but an outlier; rows 1-9 sit together.
+    x = np.r_[[[100.0, 0.0]], np.random.default_rng(0).normal(0, 0.1, (9, 2))]
+    inf = np.array([0.95, 0.9, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5])
+    p = np.c_[1 - inf / 2, inf / 2]  # margin = inf
+    inp = ScoringInput(p, features=x)
+    clusters = np.zeros(10, dtype=np.int64)
+    assert S.select_batch("diversity", inp, 1, clusters=clusters).tolist() == [1]
+    assert S.select_batch("diversity", inp, 1, clusters=clusters, typical=0.0).tolist() == [0]
+    # Picks rank first in the informativeness; the rest keep half their margin.
+    banded = S.informativeness("diversity", inp, clusters=clusters, batch_size=1)
+    assert banded[1] == 1.0 and banded[0] == pytest.approx(0.475)
 
 
 def test_batch_informativeness_puts_picks_first() -> None:
