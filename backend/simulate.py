@@ -340,8 +340,8 @@ def cold_start_set(
 ) -> list[int]:
     """The first ``n`` rows of the server's cold-start seed order (a second class swapped in if needed);
     ``embeddings``: the pool's, which the server clusters on when its pool cache has them."""
-    order = selection.seed_order(spec, inputs, len(inputs), seed, learner_params=learner_params, embeddings=embeddings)
-    order = [int(i) for i in order.rows]
+    seeded = selection.seed_order(spec, inputs, len(inputs), seed, learner_params=learner_params, embeddings=embeddings)
+    order = [int(i) for i in seeded.rows]
     picks = order[:n]
     if len({y[i] for i in picks}) < 2:
         other = next((i for i in order[n:] if y[i] != y[picks[0]]), None)

@@ -662,8 +662,8 @@ def typicality(
     step = max(1, (1 << 22) // len(ref_idx))  # (step, n_ref) float64 blocks of ~32 MB
     for start in range(0, n, step):
         stop = min(start + step, n)
-        cross = _rows(x, np.arange(start, stop)) @ ref.T
-        cross = np.asarray(cross.toarray() if sp.issparse(cross) else cross, dtype=np.float64)
+        product: Any = _rows(x, np.arange(start, stop)) @ ref.T
+        cross = np.asarray(product.toarray() if sp.issparse(product) else product, dtype=np.float64)
         d2 = np.maximum(x_sq[start:stop, None] - 2.0 * cross + ref_sq[None, :], 0.0)
         own = where[start:stop]
         mine = np.flatnonzero(own >= 0)
@@ -698,22 +698,22 @@ def diversity_select(
     ``cluster`` field written to Label Studio.
     ``typical`` > 0 weighs the informativeness by :func:`typicality` ``** typical`` (information
     density, Settles & Craven 2008, with TypiClust's typicality): the uncertain rows that many others
-    resemble come before uncertain outliers; 0 ranks by ``base`` alone.
+    resemble come before uncertain outliers; 0 ranks by ``base`` alone. Typicality is computed
+    among the given rows (with ``clusters``) or among the prefiltered candidates (k-means).
     """
-    return _diversity_picks(inp, k, _weighted(inp, _base(inp, base, aggregate), typical), prefilter, clusters)
+    return _diversity_picks(inp, k, _base(inp, base, aggregate), prefilter, clusters, typical)
 
 
-def _weighted(inp: ScoringInput, inf: np.ndarray, typical: float) -> np.ndarray:
-    """``inf * typicality ** typical``; ``inf`` itself for ``typical`` = 0, an empty pool, or no
+def _weighted(x: Features | None, inf: np.ndarray, typical: float, seed: int) -> np.ndarray:
+    """``inf * typicality(x) ** typical``; ``inf`` itself for ``typical`` = 0, no rows, or no
     features (a batch over given clusters needs none)."""
-    if typical == 0 or inf.shape[0] == 0 or inp.features is None:
+    if typical == 0 or inf.shape[0] == 0 or x is None:
         return inf
-    x = _check_features(inp.features, inf.shape[0])
-    return np.asarray(inf * typicality(x, seed=inp.seed) ** typical)
+    return np.asarray(inf * typicality(x, seed=seed) ** typical)
 
 
 def _diversity_picks(
-    inp: ScoringInput, k: int, inf: np.ndarray, prefilter: int, clusters: np.ndarray | None
+    inp: ScoringInput, k: int, inf: np.ndarray, prefilter: int, clusters: np.ndarray | None, typical: float = 0.0
 ) -> np.ndarray:
     from sklearn.cluster import KMeans
 
@@ -722,12 +722,16 @@ def _diversity_picks(
     if k <= 0:
         return np.zeros(0, dtype=np.int64)
     if clusters is not None:
-        return round_robin(inf, clusters, k)
+        x_all = None if inp.features is None else _check_features(inp.features, n)
+        return round_robin(_weighted(x_all, inf, typical, inp.seed), clusters, k)
     x = _check_features(inp.features, n)
     cand = priority_order(inf, min(n, max(prefilter, 1) * k))
     if k == len(cand):
         return cand
     xc = _rows(x, cand)  # CSR stays CSR: densifying 10k TF-IDF rows could take gigabytes
+    # Typicality among the candidates only: its cost stays O(prefilter k * min(prefilter k, 2000) * d).
+    inf = inf.copy()
+    inf[cand] = _weighted(xc, inf[cand], typical, inp.seed)
     w = inf[cand] + 1e-6  # zero weights would let k-means ignore certain rows entirely
     km = KMeans(n_clusters=k, random_state=inp.seed, n_init=1, max_iter=100)
     labels = km.fit_predict(xc, sample_weight=w)
@@ -1015,8 +1019,7 @@ def diversity_informativeness(
     row half its ``base`` value, in [0, 0.5] (:func:`_band`).
     """
     base_inf = _base(inp, base, aggregate)
-    weighted = _weighted(inp, base_inf, typical)
-    picks = _diversity_picks(inp, min(batch_size, len(base_inf)), weighted, prefilter, clusters)
+    picks = _diversity_picks(inp, min(batch_size, len(base_inf)), base_inf, prefilter, clusters, typical)
     return _band(picks, base_inf)
 
 
