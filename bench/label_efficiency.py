@@ -891,7 +891,11 @@ def render(docs: dict[str, dict[str, Any]]) -> str:
         "best-margin candidates, clusters them into one k-means cluster per pick (at most 50) and takes the "
         "most uncertain row of each cluster (cluster-margin, Citovsky et al., NeurIPS 2021), so one batch "
         "covers as many regions as it has picks and the picks agree with the `cluster` field Label Studio "
-        "sees. " + observations(docs, default),
+        "sees. For text the clusters are found in the sentence-embedding space, and each cluster gives its "
+        "row with the highest margin × typicality (TypiClust's 1 / mean distance to the 20 nearest "
+        "candidates, scaled to max 1; information density, Settles & Craven 2008): the most uncertain row "
+        "alone is often an ambiguous outlier (see \"What was tried\"). Tabular pools keep plain "
+        "cluster-margin. " + observations(docs, default),
         "",
         "**Text model (issue 11): TF-IDF + pretrained static sentence embeddings.** The text features are "
         "now TF-IDF concatenated with the 256-d embedding shipped in the `wordllama` wheel (weight 1, C = 1; "
