@@ -894,7 +894,7 @@ def render(docs: dict[str, dict[str, Any]]) -> str:
         "sees. For text the clusters are found in the sentence-embedding space, and each cluster gives its "
         "row with the highest margin × typicality (TypiClust's 1 / mean distance to the 20 nearest "
         "candidates, scaled to max 1; information density, Settles & Craven 2008): the most uncertain row "
-        "alone is often an ambiguous outlier (see \"What was tried\"). Tabular pools keep plain "
+        'alone is often an ambiguous outlier (see "What was tried"). Tabular pools keep plain '
         "cluster-margin. " + observations(docs, default),
         "",
         "**Text model (issue 11): TF-IDF + pretrained static sentence embeddings.** The text features are "
