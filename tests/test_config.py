@@ -150,7 +150,7 @@ def test_project_overrides() -> None:
         (
             {"strategy": "diversity", "strategy_params": {"batch_size": 5}},
             "extra_params.strategy_params.batch_size",
-            "accepted: ['aggregate', 'base', 'prefilter']",
+            "accepted: ['aggregate', 'base', 'prefilter', 'typical']",
         ),
         (
             {"strategy": "kl_divergence", "strategy_params": {"reduce": "median"}},
