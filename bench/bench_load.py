@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import re
 import shutil
 import subprocess
 import sys
@@ -113,6 +114,9 @@ def main() -> int:
                                 "over_1s": int((h > 1000).sum())}  # fmt: skip
             result["attacks"] = attacks
             log = server.log()
+            # The same latencies as the server logged them (from the app's entry to its answer):
+            # the difference to the client's figures is queueing outside the app and the client.
+            result["server_side"] = _logged_latencies(log)
             result["server_5xx_logged"] = sum(log.count(f"status={c}") for c in (500, 502, 503))
             result["server_tracebacks"] = log.count("Traceback")
         finally:
@@ -242,6 +246,17 @@ def _hang_ups(server: LsalServer, stop: threading.Event, attacks: dict[str, int]
         except OSError:
             _count(attacks, "hang_up_refused")
         stop.wait(0.2)
+
+
+def _logged_latencies(log: str) -> dict[str, dict[str, float]]:
+    out = {}
+    for route in ("/health", "/predict", "/webhook"):
+        ms = [float(v) for v in re.findall(rf"route={route} status=200 ms=([0-9.]+)", log)]
+        if ms:
+            a = np.array(ms)
+            p50, p99 = (round(float(np.percentile(a, q)), 1) for q in (50, 99))
+            out[route] = {"n": len(a), "p50_ms": p50, "p99_ms": p99, "max_ms": round(float(a.max()), 1)}
+    return out
 
 
 def _ping(url: str) -> bool:
