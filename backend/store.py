@@ -187,6 +187,7 @@ class ModelStore:
         self._cache_size = cache_size
         self._cache: OrderedDict[tuple[int, str], Any] = OrderedDict()
         self._cache_lock = threading.Lock()
+        self._loading: dict[tuple[int, str], threading.Lock] = {}  # one loader per version at a time
 
     def __repr__(self) -> str:
         return f"ModelStore({str(self.root)!r}, keep={self.keep})"
@@ -340,16 +341,33 @@ class ModelStore:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return version, self._cache[key]
-        # Load outside the lock: a slow load must not block requests for models already cached.
-        model = loader(self._existing(p, version))
-        with self._cache_lock:
-            if key in self._cache:  # another thread loaded it meanwhile; hand out one object
-                self._cache.move_to_end(key)
-                return version, self._cache[key]
-            self._cache[key] = model
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+            loading = self._loading.setdefault(key, threading.Lock())
+        # Load outside the cache lock (a slow load must not block requests for models already
+        # cached), and once: the requests that arrive meanwhile wait for this load, not start theirs.
+        with loading:
+            with self._cache_lock:
+                if key in self._cache:
+                    self._cache.move_to_end(key)
+                    return version, self._cache[key]
+            try:
+                model = loader(self._existing(p, version))
+            except BaseException:
+                with self._cache_lock:
+                    self._loading.pop(key, None)
+                raise
+            with self._cache_lock:
+                self._cache[key] = model
+                self._loading.pop(key, None)
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
         return version, model
+
+    def needs_load(self, project: int) -> bool:
+        """Whether `load` would read a model from disk now: the project has a current version that
+        is not cached (a request that would wait for the read can be sent off the event loop)."""
+        version = self.current(validate_project(project))
+        with self._cache_lock:
+            return version is not None and (validate_project(project), version) not in self._cache
 
     # ----------------------------------------------------------------------------- writing
 

@@ -6,6 +6,7 @@ the Guard), on a real Redis; and the router mounted alone with its dependencies 
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 from dataclasses import replace
@@ -375,3 +376,28 @@ def test_predict_on_an_image_project_before_its_first_model(client: TestClient) 
     assert client.post("/predict", json=body).json() == {"results": [[], []]}
     bad = {**body, "tasks": [{"id": 1, "data": {"image": 5}}]}
     assert_error(client.post("/predict", json=bad), 400, "tasks[0].data.image")
+
+
+def test_a_predict_that_must_read_a_new_model_reads_it_off_the_event_loop(
+    client: TestClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every cycle publishes a version that each HTTP process must read (skops, ~0.1-0.3 s); on the
+    event loop that stalls /health once per cycle. Broken once: with one-task predictions always
+    inline, the read ran on the loop's thread."""
+    loads: list[bool] = []
+    original = ModelRegistry.load_version
+
+    def recording(self: ModelRegistry, path: Path, spec: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+            loads.append(True)
+        except RuntimeError:
+            loads.append(False)
+        return original(self, path, spec)
+
+    monkeypatch.setattr(ModelRegistry, "load_version", recording)
+    version = publish_spam_model(settings)
+    for _ in range(2):
+        resp = client.post("/predict", json=predict_body(["win cash now"]))
+        assert resp.json()["results"][0]["model_version"] == version
+    assert loads == [False]  # read once, in a worker thread; the second request used the cache

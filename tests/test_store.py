@@ -6,6 +6,7 @@ import errno
 import json
 import multiprocessing
 import os
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +22,7 @@ from backend.store import (
     validate_version,
     version_key,
 )
+from tests.conftest import wait_for
 
 FORK = multiprocessing.get_context("fork")
 T0 = datetime(2026, 11, 21, 10, 38, tzinfo=UTC)
@@ -639,6 +641,34 @@ def test_load_caches_per_version_and_serves_a_new_version_without_restart(tmp_pa
 
     with pytest.raises(StoreError, match=r"project 1 has no model version 'v9-20261121T103800Z'"):
         server.load(1, loader, version="v9-20261121T103800Z")
+
+
+def test_requests_that_arrive_while_a_version_loads_wait_for_that_load(tmp_path: Path) -> None:
+    """Eight threads ask for a version that is not cached; one reads it and all get that object.
+    needs_load says whether a read is due. Broken once: without the per-version lock all 8 read it."""
+    store = ModelStore(tmp_path, clock=ticking_clock())
+    assert store.needs_load(1) is False  # nothing published: nothing to read
+    store.publish(1, writer("one"), {})
+    assert store.needs_load(1) is True
+    reads: list[str] = []
+    release = threading.Event()
+
+    def loader(directory: Path) -> object:
+        reads.append(directory.name)
+        release.wait(10)  # hold the read until every thread has asked
+        return object()
+
+    got: list[object] = []
+    threads = [threading.Thread(target=lambda: got.append(store.load(1, loader))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(reads) == 1 and len(store._loading) == 1, 10, 0.01, "the first read")
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert len(reads) == 1 and len(got) == 8
+    assert len({id(g[1]) for g in got if g is not None}) == 1
+    assert store.needs_load(1) is False and store._loading == {}
 
 
 def test_load_cache_is_a_bounded_lru(tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ from backend.server.schemas import (
     inline_refs,
     parse_project,
 )
-from backend.store import ModelStore
+from backend.store import ModelStore, StoreError
 
 log = logging.getLogger("lsal.server")
 
@@ -198,7 +198,7 @@ async def predict(
         body = PredictRequest.model_validate_json(raw)
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
-    if len(body.tasks) <= INLINE_PREDICT_TASKS and not _is_image(body, lookup):
+    if len(body.tasks) <= INLINE_PREDICT_TASKS and not _is_image(body, lookup) and not _needs_load(body, store):
         return JSONResponse(predict_tasks(body, settings, store, lookup, models))
     return JSONResponse(await run_in_threadpool(predict_tasks, body, settings, store, lookup, models))
 
@@ -209,6 +209,15 @@ def predict_pool(app: Any, settings: Settings) -> PredictPool:
     if pool is None:
         pool = app.state.predict_pool = PredictPool(settings)
     return pool
+
+
+def _needs_load(body: PredictRequest, store: ModelStore) -> bool:
+    # A new version's model takes ~0.1-0.3 s to read (skops): never on the event loop. Every cycle
+    # publishes one, so inline predictions would stall /health once per cycle per HTTP process.
+    try:
+        return store.needs_load(request_project(body))
+    except (ApiError, StoreError):
+        return False  # predict_tasks answers the same error
 
 
 def _is_image(body: PredictRequest, lookup: ProjectLookup) -> bool:
@@ -228,12 +237,7 @@ def predict_tasks(
         raise ApiError(400, "tasks must not be empty", "tasks")
     if len(body.tasks) > settings.max_tasks:
         raise ApiError(413, f"{len(body.tasks)} tasks exceed MAX_TASKS={settings.max_tasks}", "tasks")
-    raw_project = body.project
-    if raw_project is None:
-        raw_project = (body.tasks[0].model_extra or {}).get("project")
-        if raw_project is None:
-            raise ApiError(400, "project is required (in the body or in the tasks)", "project")
-    project = parse_project(raw_project)
+    project = request_project(body)
     spec = lookup.spec(project, body.label_config)
     inputs = []
     for i, task in enumerate(body.tasks):
@@ -266,6 +270,16 @@ def predict_tasks(
         for row, p in zip(rows, scored, strict=True):
             results[row] = p.to_json()
     return {"results": results, "model_version": version}
+
+
+def request_project(body: PredictRequest) -> int:
+    """The project a /predict request is for: its `project`, else its first task's."""
+    raw_project = body.project
+    if raw_project is None:
+        raw_project = (body.tasks[0].model_extra or {}).get("project") if body.tasks else None
+        if raw_project is None:
+            raise ApiError(400, "project is required (in the body or in the tasks)", "project")
+    return parse_project(raw_project)
 
 
 def _image_vectors(
