@@ -35,26 +35,19 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import statistics
-import sys
-import tempfile
 import time
-import uuid
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+from stack import REDIS_DB, REPO, Stack, apply_ls_env, run_main
+from stack import err as _err
+
 SHARED = Path(os.environ.get("LSAL_SHARED") or REPO.parent / "shared")
 SMS = SHARED / "datasets" / "sms_spam" / "sms_spam.csv"
-REDIS_DB = 12
-
-
-def _err(*a: object) -> None:
-    print(time.strftime("%H:%M:%S"), *a, file=sys.stderr, flush=True)
 
 
 def pool_data(n: int, seed: int = 0) -> list[tuple[str, str]]:
@@ -83,15 +76,7 @@ def summary(values: list[float]) -> dict[str, float]:
     return {"median": round(statistics.median(s), 3), "min": round(s[0], 3), "max": round(s[-1], 3), "n": len(s)}
 
 
-class Bench:
-    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
-        self.args = args
-        self.workdir = workdir
-        self.queue_name = f"lsalbench-{uuid.uuid4().hex[:12]}"
-        self.ls: Any = None
-        self.server: Any = None
-        self.worker: Any = None
-
+class Bench(Stack):
     # -- helpers -----------------------------------------------------------------------------
 
     def start_worker(self, depth: int) -> None:
@@ -103,25 +88,7 @@ class Bench:
         self.worker = WorkerProcess(self.settings, self.workdir / f"worker-{depth}.log")
 
     def idle(self) -> bool:
-        from rq import Queue
-
-        queue = Queue(self.settings.queue_name, connection=self.redis)
-        return (
-            queue.count == 0
-            and len(queue.started_job_registry.get_job_ids()) == 0
-            and not self.redis.exists(f"{self.queue_name}:project:{self.project}:queued")
-        )
-
-    def wait(self, predicate: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            if self.worker is not None and self.worker.proc.poll() is not None:
-                raise RuntimeError(f"worker exited: {self.worker.log()[-3000:]}")
-            time.sleep(interval)
-        raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        return self.queues_idle() and not self.redis.exists(f"{self.queue_name}:project:{self.project}:queued")
 
     def model_version(self) -> str:
         return str(self.client.get_project(self.project).get("model_version") or "")
@@ -152,9 +119,7 @@ class Bench:
             "poll_mode": args.poll_mode,
             "backend_path": str(REPO / "backend"),
         }
-        for item in args.ls_env:  # e.g. a Label Studio feature flag; the harness passes os.environ on
-            key, _, value = item.partition("=")
-            os.environ[key] = value
+        apply_ls_env(args.ls_env)  # e.g. a Label Studio feature flag; the harness passes os.environ on
         out["ls_env"] = list(args.ls_env)
         t = time.perf_counter()
         template = session_template(args.db)
@@ -301,43 +266,6 @@ class Bench:
         out["load_end"] = os.getloadavg()
         return out
 
-    def close(self) -> None:
-        for proc in (self.worker, self.server):
-            if proc is not None:
-                try:
-                    proc.stop()
-                except Exception as exc:  # noqa: BLE001
-                    _err(f"stop failed: {exc}")
-        if self.ls is not None:
-            self.ls.stop()
-        try:
-            import redis
-
-            from tests.conftest import delete_own_keys
-
-            conn = redis.Redis.from_url(f"redis://127.0.0.1:6379/{REDIS_DB}")
-            delete_own_keys(conn, self.queue_name)
-            forget_rq_entries(conn, self.queue_name)
-        except Exception as exc:  # noqa: BLE001
-            _err(f"redis cleanup failed: {exc}")
-
-
-def forget_rq_entries(conn: Any, prefix: str) -> None:
-    """RQ's global bookkeeping of this bench's queues and workers (only names starting with `prefix`)."""
-    for member in conn.smembers("rq:queues"):
-        if member.decode().startswith(f"rq:queue:{prefix}"):
-            conn.srem("rq:queues", member)
-    for key in list(conn.scan_iter(match="rq:worker:*")) + list(conn.scan_iter(match="rq:scheduler:*")):
-        if conn.type(key) != b"hash":
-            continue
-        queues = (conn.hget(key, "queues") or b"").decode()
-        if queues and all(q.startswith(prefix) for q in queues.split(",")):
-            conn.delete(key)
-            conn.srem("rq:workers", key)
-    for member in conn.smembers("rq:workers"):
-        if not conn.exists(member):
-            conn.srem("rq:workers", member)
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -364,21 +292,7 @@ def main() -> None:
         help="environment for Label Studio (repeatable), e.g. a feature flag",
     )
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, MODEL_DIR)")
-    args = ap.parse_args()
-    sys.path.insert(0, str(REPO))
-    workdir = Path(tempfile.mkdtemp(prefix="lsal-bench-fresh-"))
-    bench = Bench(args, workdir)
-    try:
-        result = bench.run()
-    finally:
-        bench.close()
-        if not args.keep:
-            import shutil
-
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            _err(f"work dir kept: {workdir}")
-    print(json.dumps(result, indent=1))
+    run_main(Bench, ap.parse_args(), "lsal-bench-fresh-")
 
 
 if __name__ == "__main__":

@@ -55,28 +55,19 @@ import csv
 import json
 import os
 import random
-import signal
 import statistics
-import sys
-import tempfile
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import requests
+from stack import REDIS_DB, REPO, Stack, apply_ls_env, compose_ls_flags, run_main
+from stack import err as _err
 
-REPO = Path(__file__).resolve().parent.parent
-REDIS_DB = 12
 LIVE_SLACK_S = 0.5  # the switch PATCH returns a moment before the cycle log's finished_at is written
 CURVE_STEP = 10
-
-
-def _err(*a: object) -> None:
-    print(time.strftime("%H:%M:%S"), *a, file=sys.stderr, flush=True)
 
 
 def sms(n: int) -> list[tuple[str, str]]:
@@ -349,30 +340,7 @@ def learning_curve(
 # ---------------------------------------------------------------------- the bench
 
 
-class Bench:
-    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
-        self.args = args
-        self.workdir = workdir
-        self.queue_name = f"lsalbench-{uuid.uuid4().hex[:12]}"
-        self.ls: Any = None
-        self.server: Any = None
-        self.worker: Any = None
-
-    def idle(self) -> bool:
-        from rq import Queue
-
-        queue = Queue(self.settings.queue_name, connection=self.redis)
-        return queue.count == 0 and len(queue.started_job_registry.get_job_ids()) == 0
-
-    def wait(self, predicate: Any, timeout: float, what: str, interval: float = 0.5) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(interval)
-        raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-
+class Bench(Stack):
     def new_project(self, title: str, data: list[tuple[str, str]]) -> tuple[int, list[int]]:
         """A project with the messages imported in order; its id and the task id of each message."""
         from tests.lsharness import create_project
@@ -441,6 +409,8 @@ class Bench:
             "cpus": os.cpu_count(),
             "load_start": [round(x, 2) for x in os.getloadavg()],
         }
+        out["ls_env"] = compose_ls_flags() if args.ls_env is None else list(args.ls_env)
+        apply_ls_env(out["ls_env"])  # the harness passes os.environ on to Label Studio
         t = time.perf_counter()
         self.ls = start_label_studio(session_template(args.db), self.workdir / "ls")
         out["label_studio_start_s"] = round(time.perf_counter() - t, 1)
@@ -497,7 +467,7 @@ class Bench:
             cycles = None
             if arm == "al":
                 try:
-                    self.wait(self.idle, args.timeout, "lsal to finish its cycles")
+                    self.wait(self.queues_idle, args.timeout, "lsal to finish its cycles")
                 except TimeoutError as exc:
                     _err(str(exc))
                 cycles = [
@@ -535,25 +505,6 @@ class Bench:
         out["load_end"] = [round(x, 2) for x in os.getloadavg()]
         return out
 
-    def close(self) -> None:
-        for proc in (self.worker, self.server):
-            if proc is not None:
-                try:
-                    proc.stop()
-                except Exception as exc:  # noqa: BLE001
-                    _err(f"stop failed: {exc}")
-        if self.ls is not None:
-            self.ls.stop()
-        try:
-            import redis
-
-            from tests.conftest import delete_own_keys
-
-            conn = redis.Redis.from_url(f"redis://127.0.0.1:6379/{REDIS_DB}")
-            delete_own_keys(conn, self.queue_name)
-        except Exception as exc:  # noqa: BLE001
-            _err(f"redis cleanup failed: {exc}")
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -568,24 +519,16 @@ def main() -> None:
     ap.add_argument("--test-share", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=600.0, help="bound of every wait")
+    ap.add_argument(
+        "--ls-env",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="environment for Label Studio (repeatable), e.g. a feature flag; "
+        "default: the feature flags docker-compose.yml sets (the deployed shape)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, MODEL_DIR)")
-    args = ap.parse_args()
-    sys.path.insert(0, str(REPO))
-    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so Label Studio, lsal and the database are stopped.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    workdir = Path(tempfile.mkdtemp(prefix="lsal-bench-team-"))
-    bench = Bench(args, workdir)
-    try:
-        result = bench.run()
-    finally:
-        bench.close()
-        if not args.keep:
-            import shutil
-
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            _err(f"work dir kept: {workdir}")
-    print(json.dumps(result, indent=1))
+    run_main(Bench, ap.parse_args(), "lsal-bench-team-")
 
 
 if __name__ == "__main__":
