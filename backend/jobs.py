@@ -45,6 +45,10 @@ CLEANUP_FUNC = "backend.worker.cleanup_job"
 #: per-project marker keys naming the queued cycle / task job (coalescing: at most one queued each)
 CYCLE_MARKER = "queued"
 TASKS_MARKER = "tasks_queued"
+CLEANUP_MARKER = "cleanup_queued"
+#: stale versions (written, no longer live) a project may hold before its cleanup goes to the main
+#: queue instead of the low one: bounds what a team that never pauses leaves in Label Studio
+CLEANUP_DUE = 20
 #: task ids remembered per project between two task jobs; beyond it they are dropped and the next
 #: cycle reads the whole pool from Label Studio (the source of truth) instead
 MAX_TASK_HINTS = 100_000
@@ -69,6 +73,11 @@ _CLEAR_IF_OURS = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
+
+
+def low_queue_name(queue_name: str) -> str:
+    """The name of a deployment's low-priority queue (stale-version cleanup)."""
+    return f"{queue_name}-low"
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,11 @@ class Jobs:
         self.queue_name = queue_name
         self.job_timeout = job_timeout
         self.queue = Queue(queue_name, connection=connection, default_timeout=job_timeout, serializer=SERIALIZER)
+        # Work no annotator waits for (deleting stale versions): a worker takes from it only when
+        # the main queue is empty, so it never delays the next cycle (backend.worker.run_worker).
+        self.low_queue = Queue(
+            low_queue_name(queue_name), connection=connection, default_timeout=job_timeout, serializer=SERIALIZER
+        )
         # A queued marker outlives any job that could still be waiting behind it.
         self.marker_ttl = job_timeout * 4
 
@@ -120,6 +134,21 @@ class Jobs:
             self.redis.delete(self.key(project, "pending"))
         return enq
 
+    def request_cleanup(self, project: int, stale: int) -> Enqueued:
+        """Queue the deletion of a project's stale versions unless one is already queued (then join
+        it). It goes to the low queue, behind every cycle, while the project holds fewer than
+        CLEANUP_DUE stale versions; from then on to the main queue."""
+        return self._request(
+            project,
+            CLEANUP_MARKER,
+            CLEANUP_FUNC,
+            (project,),
+            description=f"cleanup project={project}",
+            meta={"project": project, "kind": "cleanup", "stage": "queued"},
+            result_ttl=86400,
+            queue=self.queue if stale >= CLEANUP_DUE else self.low_queue,
+        )
+
     def _request(
         self,
         project: int,
@@ -130,14 +159,16 @@ class Jobs:
         description: str,
         meta: dict[str, Any],
         result_ttl: int,
+        queue: Queue | None = None,
     ) -> Enqueued:
-        """Queue `func(*args)` unless the job named by the project's `marker_name` still waits."""
+        """Queue `func(*args)` (on ``queue``, default the main one) unless the job named by the
+        project's `marker_name` still waits."""
         marker = self.key(project, marker_name)
         for _ in range(3):
             job_id = uuid.uuid4().hex
             if self.redis.set(marker, job_id, nx=True, ex=self.marker_ttl):
                 try:
-                    self.queue.enqueue_call(
+                    (queue or self.queue).enqueue_call(
                         func,
                         args=args,
                         job_id=job_id,
@@ -213,7 +244,15 @@ class Jobs:
         """Remove every per-project key (markers, counters, hints) of a project Label Studio does not
         know: a deleted project leaves nothing behind. The lock is left to expire (its holder may be
         the caller). Returns how many keys were removed."""
-        names = (CYCLE_MARKER, TASKS_MARKER, "pending", "tasks_created", "tasks_deleted", "tasks_overflow")
+        names = (
+            CYCLE_MARKER,
+            TASKS_MARKER,
+            CLEANUP_MARKER,
+            "pending",
+            "tasks_created",
+            "tasks_deleted",
+            "tasks_overflow",
+        )
         return int(self.redis.delete(*(self.key(project, n) for n in names)))
 
     def note_annotations(self, project: int, count: int, every: int) -> Enqueued | None:
@@ -278,7 +317,10 @@ class Jobs:
         except NoSuchJobError:
             return False
         status = job.get_status(refresh=False)
-        if status == JobStatus.QUEUED and self.redis.lpos(self.queue.key, job_id) is None:
+        if (
+            status == JobStatus.QUEUED
+            and self.redis.lpos(Queue.redis_queue_namespace_prefix + job.origin, job_id) is None
+        ):
             # "queued" but not in the queue: a worker moved it to RQ's intermediate list and lost the
             # reply (Redis restarted mid-dequeue). Nobody will run it; joining it would drop the event.
             return False

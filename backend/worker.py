@@ -26,7 +26,16 @@ from threadpoolctl import threadpool_limits
 from backend import projects
 from backend.config import Settings
 from backend.cycle import CycleDeps, cleanup_stale, run_cycle, score_new_tasks
-from backend.jobs import CLEANUP_FUNC, JOB_FUNCS, LOCK_TTL, SERIALIZER, TASKS_MARKER, Jobs, progress_reporter
+from backend.jobs import (
+    CLEANUP_MARKER,
+    JOB_FUNCS,
+    LOCK_TTL,
+    SERIALIZER,
+    TASKS_MARKER,
+    Jobs,
+    low_queue_name,
+    progress_reporter,
+)
 from backend.labelstudio import LabelStudioClient, LabelStudioError
 from backend.metrics import forget_metrics, record_cycle, record_cycle_failure
 from backend.models import ModelError, ModelRegistry
@@ -160,7 +169,7 @@ def forget_unknown_project(deps: CycleDeps, jobs: Jobs, project: int) -> bool:
     and its pool cache, so a deleted (or made-up) project costs nothing from here on. Model
     versions stay: they are the admin's to delete (`MODEL_DIR/<project>/`)."""
     try:
-        deps.client.get_project(project)
+        deps.client.get_project(project, fields=())
         return False
     except LabelStudioError as exc:
         if exc.status != 404:
@@ -218,15 +227,18 @@ def cycle_job(project: int, reason: str) -> dict[str, Any]:
     result["reason"] = reason
     record_cycle(job.connection, settings.queue_name, result)  # for /metrics on any server
     if report.version is not None:
-        result["cleanup_job"] = jobs.enqueue(CLEANUP_FUNC, project, project=project, kind="cleanup")
+        stale = len(ProjectDir(settings.model_dir, project).written_versions()) - 1
+        result["cleanup_job"] = jobs.request_cleanup(project, stale).job_id
     return result
 
 
 def cleanup_job(project: int) -> dict[str, int]:
-    """Off the critical path: delete stale prediction versions that lsal wrote."""
+    """Off the critical path: delete stale prediction versions that lsal wrote (from the low queue,
+    when no cycle waits; see Jobs.request_cleanup)."""
     job = get_current_job()
     assert job is not None
     _, jobs, deps = _context(job)
+    jobs.claim(project, job.id, CLEANUP_MARKER)  # from here on, a finished cycle queues another
     lock = jobs.project_lock(project)
     if not lock.acquire():
         raise TimeoutError(f"project {project}: the project lock stayed held for the whole job timeout")
@@ -398,12 +410,15 @@ def run_worker(redis_url: str, queue_name: str, *, burst: bool = False, name: st
     """
     connection = redis.Redis.from_url(redis_url)
     queue = Queue(queue_name, connection=connection, serializer=SERIALIZER)
+    # RQ takes from the first non-empty queue in this order: a stale-version cleanup never runs
+    # while a cycle waits (it would delay that cycle by the whole deletion).
+    low = Queue(low_queue_name(queue_name), connection=connection, serializer=SERIALIZER)
     level = logging.getLevelName(logging.getLogger().level) or "INFO"
     restarts = 0
     while True:
         worker_name = name if restarts == 0 or name is None else f"{name}-r{restarts}"
         worker = LsalWorker(
-            [queue],
+            [queue, low],
             connection=connection,
             name=worker_name,
             maintenance_interval=LsalWorker.MAINTENANCE,

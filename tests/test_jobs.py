@@ -10,7 +10,16 @@ import redis
 from rq import Queue
 from rq.job import Job
 
-from backend.jobs import CYCLE_FUNC, ENQUEUE_GRACE, SERIALIZER, Enqueued, Jobs
+from backend.jobs import (
+    CLEANUP_DUE,
+    CLEANUP_FUNC,
+    CLEANUP_MARKER,
+    CYCLE_FUNC,
+    ENQUEUE_GRACE,
+    SERIALIZER,
+    Enqueued,
+    Jobs,
+)
 
 
 @pytest.fixture
@@ -139,3 +148,25 @@ def test_a_held_project_lock_outlives_its_ttl(jobs: Jobs, monkeypatch: pytest.Mo
         threading.Event().wait(1.5)  # the body outlasts the TTL 2.5 times over
         assert lock.owned(), "the project lock lapsed while its cycle ran"
     assert not jobs.project_lock(7).locked()
+
+
+def test_cleanup_waits_in_the_low_queue_until_a_project_holds_cleanup_due_stale_versions(jobs: Jobs) -> None:
+    """Deleting stale versions must not delay the next cycle: it goes to the low queue (a worker
+    takes from it only when no cycle waits), coalesced to one per project, until CLEANUP_DUE."""
+    first = jobs.request_cleanup(21, stale=1)
+    again = jobs.request_cleanup(21, stale=CLEANUP_DUE - 1)
+    assert first.created and again == Enqueued(first.job_id, False)
+    assert jobs.low_queue.name == f"{jobs.queue_name}-low"
+    assert jobs.low_queue.job_ids == [first.job_id]
+    assert Queue(jobs.queue_name, connection=jobs.redis).job_ids == []
+    job = Job.fetch(first.job_id, connection=jobs.redis, serializer=SERIALIZER)
+    assert (job.func_name, job.args, job.meta["kind"]) == (CLEANUP_FUNC, [21], "cleanup")
+    assert jobs.status(first.job_id)["state"] == "queued"  # type: ignore[index]
+    # The worker started it: the next finished cycle queues another; past the bound, in the main queue.
+    jobs.claim(21, first.job_id, CLEANUP_MARKER)
+    due = jobs.request_cleanup(21, stale=CLEANUP_DUE)
+    assert due.created and due.job_id != first.job_id
+    assert Queue(jobs.queue_name, connection=jobs.redis).job_ids == [due.job_id]
+    assert jobs.request_cleanup(21, stale=CLEANUP_DUE + 5) == Enqueued(due.job_id, False)
+    assert jobs.forget_project(21) >= 1
+    assert jobs.redis.get(jobs.key(21, CLEANUP_MARKER)) is None
