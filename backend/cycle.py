@@ -552,7 +552,7 @@ def score_new_tasks(deps: CycleDeps, project: int, task_ids: Sequence[int]) -> d
 
 def cleanup_stale(deps: CycleDeps, project: int) -> dict[str, int]:
     """Delete the prediction versions lsal wrote that the project no longer uses (a follow-up job)."""
-    current = deps.client.get_project(project).get("model_version")
+    current = deps.client.get_project(project, fields=("model_version",)).get("model_version")
     present = deps.client.model_versions(project)
     deleted: dict[str, int] = {}
     pdir = ProjectDir(deps.settings.model_dir, project)

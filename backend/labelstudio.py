@@ -440,19 +440,29 @@ class LabelStudioClient:
 
     # ------------------------------------------------------------------ projects
 
-    def get_project(self, project: int) -> dict[str, Any]:
-        """The project (``GET /api/projects/{id}``): title, ``model_version``, ``sampling``, label config."""
-        return self.request("GET", f"/api/projects/{int(project)}")
+    def get_project(self, project: int, fields: Sequence[str] | None = None) -> dict[str, Any]:
+        """The project (``GET /api/projects/{id}``): title, ``model_version``, ``sampling``, label config.
+
+        ``fields``: only these (and ``id``) in the answer, via Label Studio's ``include``, which also
+        skips the project's task and annotation counts: those are aggregates over every task, the
+        bulk of the call's cost on a large project (``None``: every field, counts included).
+        """
+        params = None if fields is None else {"include": ",".join(["id", *fields])}
+        return self.request("GET", f"/api/projects/{int(project)}", params=params)
 
     def update_project(self, project: int, **fields: Any) -> dict[str, Any]:
-        """``PATCH /api/projects/{id}``, e.g. ``sampling="Uncertainty sampling", model_version="v3"``.
+        """``PATCH /api/projects/{id}``, e.g. ``sampling="Uncertainty sampling", model_version="v3"``;
+        the answer holds ``id`` and the fields sent, as Label Studio stored them.
 
         Label Studio accepts a ``model_version`` only if a prediction of that version exists or it is the
         title of a connected ML backend (400 otherwise). The PATCH fires a ``PROJECT_UPDATED`` webhook.
+        The answer is trimmed with ``include`` (see :meth:`get_project`), so Label Studio does not
+        compute the project's counts for it: this PATCH switches the queue once per cycle.
         """
         if not fields:
             raise ValueError("update_project needs at least one field")
-        return self.request("PATCH", f"/api/projects/{int(project)}", json=fields)
+        params = {"include": ",".join(["id", *fields])}
+        return self.request("PATCH", f"/api/projects/{int(project)}", params=params, json=fields)
 
     # ------------------------------------------------------------------ tasks
 

@@ -580,7 +580,10 @@ def test_uncertainty_sampling_serves_lowest_score_of_current_version(
     client.import_predictions(pid, predictions(ids[:10], "v7", [0.9, 0.8, 0.7, 0.01, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]))
     client.import_predictions(pid, predictions([ids[20]], "v6", [0.0]))  # another version: ignored
     updated = client.update_project(pid, sampling="Uncertainty sampling", model_version="v7")
-    assert (updated["sampling"], updated["model_version"]) == ("Uncertainty sampling", "v7")
+    # The answer is trimmed to the fields sent (Label Studio's include: no per-project counts computed).
+    assert updated == {"id": pid, "sampling": "Uncertainty sampling", "model_version": "v7"}
+    assert client.get_project(pid, fields=("model_version",)) == {"id": pid, "model_version": "v7"}
+    assert client.get_project(pid)["total_predictions_number"] == 11
     assert client.next_task(pid)["id"] == ids[9]
     assert pat_client.next_task(pid)["id"] == ids[9]
     with pytest.raises(LabelStudioError) as info:
