@@ -550,12 +550,17 @@ def density(
 # clusters, diversity, core-set
 
 
+#: sparse features with at most this many cells (rows x columns) are clustered dense: 64 MB as float32
+DENSE_CLUSTER_CELLS = 16_000_000
+
+
 def cluster_ids(features: Features, n_clusters: int, seed: int = 0, fit_sample: int = 10000) -> np.ndarray:
     """Cluster id per pool row, for Label Studio's ``cluster`` field and for diversity.
 
     Mini-batch k-means (Sculley 2010) fitted on at most ``fit_sample`` rows drawn with ``seed``,
     then every row is assigned to its nearest centre: O(fit_sample * c * d * iters + n * c * d)
-    time, O(block * c) extra memory.  Dense or CSR input.  ``n_clusters`` is clamped to the
+    time, O(block * c) extra memory.  Dense or CSR input (CSR of at most DENSE_CLUSTER_CELLS
+    cells is clustered dense, which is faster).  ``n_clusters`` is clamped to the
     number of rows; an empty pool gives an empty array.
     """
     from sklearn.cluster import MiniBatchKMeans
@@ -566,6 +571,11 @@ def cluster_ids(features: Features, n_clusters: int, seed: int = 0, fit_sample: 
     n = x.shape[0]
     if n == 0:
         return np.zeros(0, dtype=np.int64)
+    if sp.issparse(x) and n * x.shape[1] <= DENSE_CLUSTER_CELLS:
+        # TF-IDF + embedding rows are ~40% non-zero: k-means on them is 1-5x cheaper dense (BLAS)
+        # than through scikit-learn's sparse kernels, with the same clusters.
+        csr: Any = x
+        x = np.asarray(csr.toarray(), dtype=np.float32 if csr.dtype == np.float32 else np.float64)
     c = min(int(n_clusters), n)
     if c == 1:
         return np.zeros(n, dtype=np.int64)

@@ -399,6 +399,18 @@ def test_cluster_ids_recovers_blobs_dense_and_sparse() -> None:
         S.cluster_ids(x, 0)
 
 
+def test_small_sparse_features_are_clustered_dense_with_the_same_clusters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TF-IDF + embedding candidates (~40% non-zero) are clustered dense, which is faster: same ids."""
+    rng = np.random.default_rng(3)
+    tfidf = sp.random(600, 300, density=0.02, random_state=4, dtype=np.float32)
+    x = sp.hstack([tfidf, rng.normal(size=(600, 64)).astype(np.float32)], format="csr")
+    dense = S.cluster_ids(x, 20, seed=5)
+    monkeypatch.setattr(S, "DENSE_CLUSTER_CELLS", 0)  # scikit-learn's sparse path
+    sparse = S.cluster_ids(x, 20, seed=5)
+    np.testing.assert_array_equal(dense, sparse)
+    assert len(set(dense.tolist())) == 20
+
+
 def test_diversity_spreads_over_clusters() -> None:
     x, truth = blobs(n_per=20, centers=6)
     rng = np.random.default_rng(0)
