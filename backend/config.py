@@ -387,6 +387,13 @@ class Settings:
     pool_reconcile: int = setting(
         "AL_POOL_RECONCILE", 3600, integer(0), "Seconds between full reads of the task pool from Label Studio"
     )
+    labels_reconcile: int = setting(
+        "AL_LABELS_RECONCILE",
+        300,
+        integer(0),
+        "Seconds between full reads of the labels (export) from Label Studio; in between, a cycle "
+        "reads only the tasks that webhooks named (0: a full read every cycle)",
+    )
     keep_versions: int = setting("AL_KEEP_VERSIONS", 10, integer(1), "Model versions kept on disk per project")
     seed: int = setting("AL_SEED", 0, integer(0, 2**32 - 1), "Random seed for models, clustering and sampling")
     job_timeout: int = setting("AL_JOB_TIMEOUT", 3600, integer(1), "Seconds a cycle may run before RQ stops it")

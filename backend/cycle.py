@@ -31,7 +31,9 @@ from backend.config import ProjectConfig, Settings
 from backend.cycle_log import cycle_history, record_cycle
 from backend.features.cache import PoolEmbeddings
 from backend.images import ImageFeatureCache, feature_cache
+from backend.jobs import LabelHints
 from backend.labelconfig import TaskSpec, parse_label_config, task_input
+from backend.labels import LabelCache
 from backend.labelstudio import LabelStudioClient
 from backend.learner import TrainingSet, training_set
 from backend.models import BUILTIN, LearnerModel, Model, ModelRegistry, fit_checked, scorer_for, scorer_for_strategy
@@ -61,6 +63,8 @@ class CycleDeps:
     store: ModelStore
     progress: Progress = _no_progress
     models: ModelRegistry = field(default_factory=ModelRegistry)
+    #: takes the tasks webhooks named since the last cycle (backend.jobs); None: read every label
+    label_hints: Callable[[], LabelHints] | None = None
 
     def load_model(self, project: int, spec: TaskSpec) -> tuple[str, Model] | None:
         """The project's current (version, model), or None before its first version."""
@@ -88,6 +92,7 @@ class CycleReport:
     stability: dict[str, Any] = field(default_factory=dict)
     pool_uncertainty: float | None = None
     embeddings: dict[str, int] = field(default_factory=dict)  # tasks embedded now / reused from the pool cache
+    labels_read: str | None = None  # full (the whole export) or hints (only the tasks webhooks named)
     finished_at: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -215,12 +220,12 @@ def run_cycle(deps: CycleDeps, project: int) -> CycleReport:
     switched to the new version only after every prediction was written (else ``partial_write``).
     """
     report = CycleReport(project=project)
-    settings, client, progress = deps.settings, deps.client, deps.progress
+    settings, progress = deps.settings, deps.progress
     with _stage(report, progress, "setup"):
         spec, config, xml = project_spec(deps, project)
         model_class = deps.models.model_class(config.model, spec)  # an unknown or broken model fails first
     with _stage(report, progress, "fetch_labels"):
-        labeled = client.labeled_tasks(project)
+        labeled, report.labels_read = read_labels(deps, project)
         ts = training_set(spec, labeled)
     # Tasks with any annotation (skips included) are not offered again.
     done = {int(t["id"]) for t in labeled}
@@ -283,6 +288,20 @@ def run_cycle(deps: CycleDeps, project: int) -> CycleReport:
     _score_and_write(deps, project, spec, config, model, report, ids, inputs, ts, pool_emb, labeled_emb)
     record_cycle(deps.settings.model_dir, report)
     return report
+
+
+def read_labels(deps: CycleDeps, project: int) -> tuple[list[dict[str, Any]], str]:
+    """The project's labeled tasks from Label Studio and how they were read (``full`` or ``hints``):
+    with ``deps.label_hints``, only the tasks webhooks named, between full reads (backend/labels.py)."""
+    client = deps.client
+    if deps.label_hints is None:
+        return client.labeled_tasks(project), "full"
+    return LabelCache(deps.settings.model_dir, project).sync(
+        deps.settings.labels_reconcile,
+        deps.label_hints,
+        lambda: client.labeled_tasks(project),
+        lambda ids: client.labeled_tasks(project, ids),
+    )
 
 
 def stop_set_agreement(
@@ -550,8 +569,9 @@ def score_new_tasks(deps: CycleDeps, project: int, task_ids: Sequence[int]) -> d
     return {"status": "scored", "version": version, "written": len(predictions), "created": created}
 
 
-def cleanup_stale(deps: CycleDeps, project: int) -> dict[str, int]:
-    """Delete the prediction versions lsal wrote that the project no longer uses (a follow-up job)."""
+def cleanup_stale(deps: CycleDeps, project: int, limit: int | None = None) -> dict[str, int]:
+    """Delete the prediction versions lsal wrote that the project no longer uses (a follow-up job),
+    oldest first, at most ``limit`` of those that still have predictions (None: all)."""
     current = deps.client.get_project(project, fields=("model_version",)).get("model_version")
     present = deps.client.model_versions(project)
     deleted: dict[str, int] = {}
@@ -560,6 +580,8 @@ def cleanup_stale(deps: CycleDeps, project: int) -> dict[str, int]:
         if version == current:
             continue
         if version in present:
+            if limit is not None and len(deleted) >= limit:
+                break
             deleted[version] = deps.client.delete_model_version(project, version)
         pdir.forget_written(version)
     return deleted

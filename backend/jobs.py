@@ -46,9 +46,9 @@ CLEANUP_FUNC = "backend.worker.cleanup_job"
 CYCLE_MARKER = "queued"
 TASKS_MARKER = "tasks_queued"
 CLEANUP_MARKER = "cleanup_queued"
-#: stale versions (written, no longer live) a project may hold before its cleanup goes to the main
+#: stale versions (written, no longer live) a project may hold before its cleanups go to the main
 #: queue instead of the low one: bounds what a team that never pauses leaves in Label Studio
-CLEANUP_DUE = 20
+CLEANUP_DUE = 50
 #: task ids remembered per project between two task jobs; beyond it they are dropped and the next
 #: cycle reads the whole pool from Label Studio (the source of truth) instead
 MAX_TASK_HINTS = 100_000
@@ -90,6 +90,16 @@ class TaskHints:
 
 
 @dataclass(frozen=True)
+class LabelHints:
+    """Tasks whose annotations webhooks said changed since the last cycle took them (hints: the
+    cycle reads those tasks from Label Studio), or ``full``: read every label (an event that names
+    no task, such as ANNOTATIONS_DELETED, or more ids than MAX_TASK_HINTS)."""
+
+    tasks: frozenset[int]
+    full: bool
+
+
+@dataclass(frozen=True)
 class Enqueued:
     """The answer to a cycle request: the job's id, and whether this request created it."""
 
@@ -120,7 +130,12 @@ class Jobs:
     # -- cycles --------------------------------------------------------------------------------
 
     def request_cycle(self, project: int, reason: str) -> Enqueued:
-        """Queue a cycle for `project` unless one is already queued (then join it)."""
+        """Queue a cycle for `project` unless one is already queued (then join it).
+
+        Any reason but counted ``annotations`` (a training request, deleted annotations: events
+        that name no task) makes the cycle read every label (a full label hint)."""
+        if reason != "annotations":
+            self.note_label_hints(project, (), full=True)
         enq = self._request(
             project,
             CYCLE_MARKER,
@@ -135,9 +150,15 @@ class Jobs:
         return enq
 
     def request_cleanup(self, project: int, stale: int) -> Enqueued:
-        """Queue the deletion of a project's stale versions unless one is already queued (then join
-        it). It goes to the low queue, behind every cycle, while the project holds fewer than
-        CLEANUP_DUE stale versions; from then on to the main queue."""
+        """Queue the deletion of one of a project's stale versions (backend.worker.cleanup_job).
+
+        Below CLEANUP_DUE stale versions it goes to the low queue, coalesced (one queued per
+        project), and runs only when no cycle waits. From CLEANUP_DUE on, each request (one per
+        finished cycle) queues one in the main queue: Label Studio deletes a prediction about ten
+        times slower than it creates one, so under uninterrupted labeling the deletions are put
+        off, up to that bound, rather than paid between every two cycles."""
+        if stale >= CLEANUP_DUE:
+            return Enqueued(self.enqueue(CLEANUP_FUNC, project, project=project, kind="cleanup"), True)
         return self._request(
             project,
             CLEANUP_MARKER,
@@ -146,7 +167,7 @@ class Jobs:
             description=f"cleanup project={project}",
             meta={"project": project, "kind": "cleanup", "stage": "queued"},
             result_ttl=86400,
-            queue=self.queue if stale >= CLEANUP_DUE else self.low_queue,
+            queue=self.low_queue,
         )
 
     def _request(
@@ -240,6 +261,32 @@ class Jobs:
             overflow=overflow is not None,
         )
 
+    def note_label_hints(self, project: int, tasks: Iterable[int], *, full: bool = False) -> None:
+        """Remember which tasks' annotations changed (or that every label must be read: ``full``)
+        for the project's next cycle. Called before the cycle is requested, so the cycle that runs
+        after this event sees the hint (see take_label_hints)."""
+        ids = [int(i) for i in tasks]
+        keys = [self.key(project, n) for n in ("labels_changed", "labels_full")]
+        over = not full and int(self.redis.scard(keys[0])) + len(ids) > MAX_TASK_HINTS
+        pipe = self.redis.pipeline(transaction=True)
+        if full or over:
+            pipe.set(keys[1], 1, ex=self.marker_ttl)
+        elif ids:
+            pipe.sadd(keys[0], *ids)
+            pipe.expire(keys[0], self.marker_ttl)
+        pipe.execute()
+
+    def take_label_hints(self, project: int) -> LabelHints:
+        """Take (read and clear) the label hints, atomically. The cycle calls it after claiming its
+        job: a hint noted later belongs to an event that queues the follow-up cycle, which takes it."""
+        keys = [self.key(project, n) for n in ("labels_changed", "labels_full")]
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.smembers(keys[0])
+        pipe.get(keys[1])
+        pipe.delete(*keys)
+        tasks, full, _ = pipe.execute()
+        return LabelHints(tasks=frozenset(int(i) for i in tasks), full=full is not None)
+
     def forget_project(self, project: int) -> int:
         """Remove every per-project key (markers, counters, hints) of a project Label Studio does not
         know: a deleted project leaves nothing behind. The lock is left to expire (its holder may be
@@ -252,6 +299,8 @@ class Jobs:
             "tasks_created",
             "tasks_deleted",
             "tasks_overflow",
+            "labels_changed",
+            "labels_full",
         )
         return int(self.redis.delete(*(self.key(project, n) for n in names)))
 

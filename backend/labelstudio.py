@@ -538,20 +538,35 @@ class LabelStudioClient:
                     out[task_id] = task["data"]
         return out
 
-    def labeled_tasks(self, project: int) -> list[dict[str, Any]]:
-        """Every task with at least one annotation, skipped (``was_cancelled``) ones included.
+    def labeled_tasks(
+        self, project: int, ids: Iterable[int] | None = None, *, chunk_size: int = 200
+    ) -> list[dict[str, Any]]:
+        """Every task with at least one annotation, skipped (``was_cancelled``) ones included; with
+        ``ids``, only those of these tasks (an id without annotations, deleted or of another project
+        is simply absent from the answer).
 
-        Uses the JSON export (the fastest way, one request). Each task is trimmed to ``id``, ``data``,
-        ``meta`` and ``annotations``; each annotation to :data:`ANNOTATION_FIELDS`. The caller decides
-        what to do with cancelled annotations and with several annotations per task.
+        Uses the JSON export (the fastest way; ``ids[]`` selects tasks, one request per
+        ``chunk_size`` ids). Each task is trimmed to ``id``, ``data``, ``meta`` and ``annotations``;
+        each annotation to :data:`ANNOTATION_FIELDS`. The caller decides what to do with cancelled
+        annotations and with several annotations per task.
         """
-        body = self.request("GET", f"/api/projects/{int(project)}/export", params={"exportType": "JSON"})
+        if ids is None:
+            return self._export(project, {"exportType": "JSON"})
+        wanted = sorted({int(i) for i in ids})
+        out: list[dict[str, Any]] = []
+        for start in range(0, len(wanted), chunk_size):
+            chunk = wanted[start : start + chunk_size]
+            asked = set(chunk)
+            got = self._export(project, {"exportType": "JSON", "ids[]": chunk})
+            out.extend(t for t in got if t["id"] in asked)
+        return out
+
+    def _export(self, project: int, params: dict[str, Any]) -> list[dict[str, Any]]:
+        path = f"/api/projects/{int(project)}/export"
+        body = self.request("GET", path, params=params)
         if not isinstance(body, list):
             raise LabelStudioError(
-                f"GET /api/projects/{int(project)}/export -> unexpected answer (not a list of tasks)",
-                status=200,
-                method="GET",
-                path=f"/api/projects/{int(project)}/export",
+                f"GET {path} -> unexpected answer (not a list of tasks)", status=200, method="GET", path=path
             )
         out: list[dict[str, Any]] = []
         for task in body:

@@ -9,6 +9,8 @@ Layout (every other module asks `ProjectDir` for these paths instead of joining 
             written_versions.json     prediction versions lsal wrote to Label Studio (cleanup deletes only these)
             stopset.json              the fixed stop set: task ids and model inputs (stopping signals)
             stop_predictions.json     the last version's labels on the stop set
+            labels.json               the labeled tasks as Label Studio last exported them (labels.py)
+            labels.dirty              present while a cycle updates labels.json from webhook hints
             pool/                     the task pool kept between cycles (pool.py)
                 snapshot.npz          ids, data (JSON) and per-task arrays; no pickle
                 events.jsonl          TASKS_CREATED / TASKS_DELETED since the snapshot
@@ -333,6 +335,16 @@ class ProjectDir:
     def stop_predictions(self) -> Path:
         """The last version's labels on the stop set."""
         return self.root / "stop_predictions.json"
+
+    @property
+    def labels(self) -> Path:
+        """The labeled tasks kept between cycles (labels.py): JSON."""
+        return self.root / "labels.json"
+
+    @property
+    def labels_dirty(self) -> Path:
+        """Exists while labels.json is being brought up to date from hints: the next cycle reads all."""
+        return self.root / "labels.dirty"
 
     @property
     def pool(self) -> Path:

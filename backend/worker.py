@@ -204,7 +204,11 @@ def cycle_job(project: int, reason: str) -> dict[str, Any]:
         # with Label Studio a thread team costs far more in contention than it gains (measured:
         # cluster_ids 0.8 s with the default team under load, 0.02 s with one thread).
         with held(lock, project) as fence, threadpool_limits(1):
-            report = run_cycle(replace(deps, progress=fenced(deps.progress, fence)), project)
+            # The hints are taken inside the cycle, after claim(): a later event queues a follow-up.
+            fenced_deps = replace(
+                deps, progress=fenced(deps.progress, fence), label_hints=lambda: jobs.take_label_hints(project)
+            )
+            report = run_cycle(fenced_deps, project)
     except LabelStudioError as exc:
         if exc.status == 404 and forget_unknown_project(deps, jobs, project):
             return {"status": "unknown_project", "project": project, "reason": reason}
@@ -243,7 +247,12 @@ def cleanup_job(project: int) -> dict[str, int]:
     if not lock.acquire():
         raise TimeoutError(f"project {project}: the project lock stayed held for the whole job timeout")
     with held(lock, project):
-        return cleanup_stale(deps, project)
+        # One version per job: the worker is never held up by a long deletion when a cycle arrives.
+        deleted = cleanup_stale(deps, project, limit=1)
+        stale = len(ProjectDir(deps.settings.model_dir, project).written_versions()) - 1
+    if stale > 0:
+        jobs.request_cleanup(project, 0)  # the next one, from the low queue
+    return deleted
 
 
 def score_new_tasks_job(project: int) -> dict[str, object]:

@@ -202,11 +202,15 @@ def test_cleanup_stale_deletes_only_the_old_versions_lsal_wrote(
     label(stand, ids, y, range(3))
     seed = cycle.run_cycle(deps, PID).version
     label(stand, ids, y, first_rows_of_both_classes(y, 12))
+    middle = cycle.run_cycle(deps, PID).version
     current = cycle.run_cycle(deps, PID).version
-    assert seed is not None and current is not None
+    assert seed is not None and middle is not None and current is not None
     foreign = {"id": 1, "task": ids[-1], "result": [], "score": 0.5, "model_version": "someone-else"}
     stand.projects[PID].predictions.append(foreign)
-    assert cycle.cleanup_stale(deps, PID) == {seed: DEPTH}
+    # One version per cleanup job (the worker's limit): the oldest first.
+    assert cycle.cleanup_stale(deps, PID, limit=1) == {seed: DEPTH}
+    assert ProjectDir(deps.settings.model_dir, PID).written_versions() == [middle, current]
+    assert cycle.cleanup_stale(deps, PID) == {middle: DEPTH}
     versions = {p["model_version"] for p in stand.projects[PID].predictions}
     assert versions == {current, "someone-else"}
     assert ProjectDir(deps.settings.model_dir, PID).written_versions() == [current]

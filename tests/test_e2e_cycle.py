@@ -65,6 +65,7 @@ def stack(label_studio: LabelStudio, settings: Settings, tmp_path: Path, redis_c
         queue_depth=12,
         ls_retries=2,
         ls_timeout=30.0,
+        labels_reconcile=3600,  # no periodic full read of the labels within a test
     )
     server = LsalServer(settings, tmp_path / "server.log")
     worker = WorkerProcess(settings, tmp_path / "worker.log")
@@ -157,6 +158,37 @@ def test_cold_start_then_queue_follows_the_newest_version(stack: Stack) -> None:
     assert status["learning_curve"][-1]["n_labels"] == 10
     png = requests.get(f"{stack.server.url}/projects/{project}/learning-curve.png", timeout=10)
     assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_labels_follow_an_edit_by_hint_and_a_deletion_by_a_full_read(stack: Stack) -> None:
+    """Between full reads a cycle reads only the tasks webhooks named (ANNOTATION_UPDATED names its
+    task); ANNOTATIONS_DELETED names none, so the cycle after it reads every label again."""
+    ls, project = stack.ls, stack.project
+    ls.create_ml_backend(project, stack.server.url, title="lsal")
+    ham = [i for i in range(12) if stack.data[i][1] == "no_spam"][:4]
+    spam = [i for i in range(12) if stack.data[i][1] == "spam"][:4]
+    edited = create_annotation(ls, stack.task_ids[ham[0]], choice_result("no_spam"))
+    deleted = create_annotation(ls, stack.task_ids[ham[1]], choice_result("no_spam"))
+    stack.annotate(ham[2:] + spam)
+
+    def settled_with(counts: dict[str, int]) -> dict | None:
+        if not cycles_idle(stack.settings):
+            return None
+        last = stack.cycles()[-1]
+        return last if last["status"] == "trained" and last["label_counts"] == counts else None
+
+    wait_for(lambda: settled_with({"no_spam": 4, "spam": 4}), 180, 0.5, "a cycle on the 8 labels")
+    reads = [c["labels_read"] for c in stack.cycles()]
+    assert reads == ["full"] + ["hints"] * (len(reads) - 1)  # only the first cycle read every label
+
+    ls.request("PATCH", f"/api/annotations/{edited['id']}", json={"result": choice_result("spam")})
+    after_edit = wait_for(lambda: settled_with({"no_spam": 3, "spam": 5}), 180, 0.5, "a cycle seeing the edit")
+    assert after_edit["labels_read"] == "hints"
+
+    ls.request("DELETE", f"/api/annotations/{deleted['id']}")
+    after_delete = wait_for(lambda: settled_with({"no_spam": 2, "spam": 5}), 180, 0.5, "a cycle seeing the deletion")
+    assert after_delete["labels_read"] == "full"
+    assert after_delete["labels"] == 7
 
 
 def test_a_flood_of_webhooks_runs_at_most_two_cycles(stack: Stack) -> None:

@@ -19,6 +19,7 @@ from backend.jobs import (
     SERIALIZER,
     Enqueued,
     Jobs,
+    LabelHints,
 )
 
 
@@ -153,20 +154,42 @@ def test_a_held_project_lock_outlives_its_ttl(jobs: Jobs, monkeypatch: pytest.Mo
 def test_cleanup_waits_in_the_low_queue_until_a_project_holds_cleanup_due_stale_versions(jobs: Jobs) -> None:
     """Deleting stale versions must not delay the next cycle: it goes to the low queue (a worker
     takes from it only when no cycle waits), coalesced to one per project, until CLEANUP_DUE."""
+    main = Queue(jobs.queue_name, connection=jobs.redis)
     first = jobs.request_cleanup(21, stale=1)
     again = jobs.request_cleanup(21, stale=CLEANUP_DUE - 1)
     assert first.created and again == Enqueued(first.job_id, False)
     assert jobs.low_queue.name == f"{jobs.queue_name}-low"
     assert jobs.low_queue.job_ids == [first.job_id]
-    assert Queue(jobs.queue_name, connection=jobs.redis).job_ids == []
+    assert main.job_ids == []
     job = Job.fetch(first.job_id, connection=jobs.redis, serializer=SERIALIZER)
     assert (job.func_name, job.args, job.meta["kind"]) == (CLEANUP_FUNC, [21], "cleanup")
     assert jobs.status(first.job_id)["state"] == "queued"  # type: ignore[index]
-    # The worker started it: the next finished cycle queues another; past the bound, in the main queue.
+    # From the bound on, every request (one per finished cycle) queues one in the main queue.
+    due = [jobs.request_cleanup(21, stale=CLEANUP_DUE + i) for i in range(2)]
+    assert all(d.created for d in due) and main.job_ids == [d.job_id for d in due]
+    # The worker started the low one: the next request below the bound queues another.
     jobs.claim(21, first.job_id, CLEANUP_MARKER)
-    due = jobs.request_cleanup(21, stale=CLEANUP_DUE)
-    assert due.created and due.job_id != first.job_id
-    assert Queue(jobs.queue_name, connection=jobs.redis).job_ids == [due.job_id]
-    assert jobs.request_cleanup(21, stale=CLEANUP_DUE + 5) == Enqueued(due.job_id, False)
+    later = jobs.request_cleanup(21, stale=3)
+    assert later.created and jobs.low_queue.job_ids == [first.job_id, later.job_id]
     assert jobs.forget_project(21) >= 1
     assert jobs.redis.get(jobs.key(21, CLEANUP_MARKER)) is None
+
+
+def test_label_hints_are_taken_once_and_overflow_to_a_full_read(jobs: Jobs, monkeypatch: pytest.MonkeyPatch) -> None:
+    jobs.note_label_hints(31, [4, 5])
+    jobs.note_label_hints(31, [5, 6])
+    assert jobs.take_label_hints(31) == LabelHints(frozenset({4, 5, 6}), full=False)
+    assert jobs.take_label_hints(31) == LabelHints(frozenset(), full=False)  # taken: cleared
+    # A cycle asked for by anything but counted annotations reads every label.
+    jobs.request_cycle(31, "train")
+    assert jobs.take_label_hints(31) == LabelHints(frozenset(), full=True)
+    jobs.note_annotations(31, 1, every=1)  # joins the queued cycle: no full read asked
+    assert jobs.take_label_hints(31) == LabelHints(frozenset(), full=False)
+    # More ids than kept: the ids are dropped for a full read.
+    monkeypatch.setattr("backend.jobs.MAX_TASK_HINTS", 3)
+    jobs.note_label_hints(31, [1, 2])
+    jobs.note_label_hints(31, [3, 4])
+    assert jobs.take_label_hints(31).full is True
+    jobs.note_label_hints(31, [1])
+    assert jobs.forget_project(31) >= 1
+    assert jobs.take_label_hints(31) == LabelHints(frozenset(), full=False)

@@ -535,6 +535,10 @@ def test_only_unlabeled_and_labeled_tasks(client: LabelStudioClient, project: tu
         "id", "result", "was_cancelled", "ground_truth", "created_at", "updated_at", "completed_by", "lead_time"
     }  # fmt: skip
     assert labeled[0]["annotations"][0]["ground_truth"] is False
+    # By id (ids[] of the export, in chunks): only labeled tasks among those asked, none of another id.
+    by_id = client.labeled_tasks(pid, [ids[2], ids[5], ids[0], 99_999_999], chunk_size=2)
+    assert by_id == [labeled[0], labeled[2]]
+    assert client.labeled_tasks(pid, []) == []
 
 
 @e2e

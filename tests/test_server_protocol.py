@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from backend import strategies
 from backend.config import ProjectConfig, Settings
-from backend.jobs import Jobs
+from backend.jobs import Jobs, LabelHints
 from backend.learner import Learner
 from backend.models import ModelRegistry
 from backend.server import UNTRAINED, protocol
@@ -218,6 +218,10 @@ def test_predict_task_count_limit(settings: Settings, redis_conn: redis.Redis) -
     assert_error(client.post("/predict", json=predict_body(["a", "b", "c"])), 413, "tasks")
 
 
+def label_hints(settings: Settings, conn: redis.Redis, project: int) -> LabelHints:
+    return Jobs(conn, settings.queue_name).take_label_hints(project)
+
+
 def test_webhook_replayed_annotation_created_queues_a_cycle(
     client: TestClient, settings: Settings, redis_conn: redis.Redis
 ) -> None:
@@ -231,12 +235,18 @@ def test_webhook_replayed_annotation_created_queues_a_cycle(
     again = client.post("/webhook", json=WEBHOOKS["ANNOTATION_CREATED"]).json()
     assert again == {"status": "joined", "action": "ANNOTATION_CREATED", "job_id": body["job_id"]}
     assert queued_ids(settings, redis_conn) == [body["job_id"]]
+    # the cycle reads the named task from Label Studio (a hint), not every label
+    project = WEBHOOKS["ANNOTATION_CREATED"]["project"]["id"]
+    task = WEBHOOKS["ANNOTATION_CREATED"]["task"]["id"]
+    assert label_hints(settings, redis_conn, project) == LabelHints(frozenset({task}), full=False)
 
 
 def test_webhook_replayed_start_training(client: TestClient, settings: Settings, redis_conn: redis.Redis) -> None:
     body = client.post("/webhook", json=WEBHOOKS["START_TRAINING"]).json()
     assert body["status"] == "queued"
     assert queued_ids(settings, redis_conn) == [body["job_id"]]
+    project = WEBHOOKS["START_TRAINING"]["project"]["id"]
+    assert label_hints(settings, redis_conn, project) == LabelHints(frozenset(), full=True)  # reads every label
 
 
 def test_webhook_skip_is_ignored(client: TestClient, settings: Settings, redis_conn: redis.Redis) -> None:
@@ -244,6 +254,8 @@ def test_webhook_skip_is_ignored(client: TestClient, settings: Settings, redis_c
     skip["annotation"]["was_cancelled"] = True
     assert client.post("/webhook", json=skip).json() == {"status": "ignored", "action": "ANNOTATION_CREATED"}
     assert queued_ids(settings, redis_conn) == []
+    # no cycle for a skip, but the next one takes the skipped task out of the pool
+    assert label_hints(settings, redis_conn, skip["project"]["id"]).tasks == {skip["task"]["id"]}
 
 
 @pytest.mark.parametrize("action", ["PROJECT_UPDATED", "LABEL_LINK_CREATED", "SOMETHING_NEW"])
@@ -263,6 +275,12 @@ def test_webhook_annotations_deleted_and_bulk_created(
     bulk = {"action": "ANNOTATIONS_CREATED", "annotations": [{"id": 1}, {"id": 2}], "project": {"id": 6}}
     assert client.post("/webhook", json=bulk).json()["status"] == "queued"
     assert len(queued_ids(settings, redis_conn)) == 2
+    # Neither names its tasks: both cycles read every label. A bulk event that does is a hint.
+    assert label_hints(settings, redis_conn, 5) == LabelHints(frozenset(), full=True)
+    assert label_hints(settings, redis_conn, 6) == LabelHints(frozenset(), full=True)
+    bulk["annotations"] = [{"id": 1, "task": 11}, {"id": 2, "task": 12}]
+    assert client.post("/webhook", json=bulk).json()["status"] == "joined"
+    assert label_hints(settings, redis_conn, 6) == LabelHints(frozenset({11, 12}), full=False)
 
 
 def test_webhook_retrain_every(settings: Settings, redis_conn: redis.Redis) -> None:

@@ -334,6 +334,10 @@ def handle_event(body: dict[str, Any], settings: Settings, lookup: ProjectLookup
     queue = require_jobs(jobs)
     if action in CYCLE_ACTIONS:
         return enqueued(action, queue.request_cycle(project, CYCLE_ACTIONS[action]))
+    # Which tasks changed, skips included (a skipped task leaves the pool): a hint the next cycle
+    # reads from Label Studio (backend/labels.py). Noted before the cycle is requested.
+    changed = annotation_task_ids(body, action)
+    queue.note_label_hints(project, changed or (), full=changed is None)
     count = count_annotations(body, action)
     if count == 0:
         return {"status": "ignored", "action": action}
@@ -359,8 +363,28 @@ def tasks_event(
     if not PoolCache(settings.model_dir, project).snapshot_path.exists():
         return {"status": "ignored", "action": action}  # no pool yet: the first cycle reads it whole
     ids = [int(t["id"]) for t in tasks]
+    if action == "TASKS_DELETED":
+        require_jobs(jobs).note_label_hints(project, ids)  # a deleted labeled task leaves the labels too
     created, deleted = (ids, []) if action == "TASKS_CREATED" else ([], ids)
     return enqueued(action, require_jobs(jobs).note_tasks(project, created, deleted))
+
+
+def annotation_task_ids(body: dict[str, Any], action: str) -> list[int] | None:
+    """The ids of the tasks an annotation event is about, or None when it does not say (then the
+    next cycle reads every label): ``annotation.task`` / ``task.id``, or each item's ``task`` of a
+    bulk ANNOTATIONS_CREATED."""
+    if action == "ANNOTATIONS_CREATED":
+        items = body.get("annotations")
+        tasks = [a.get("task") if isinstance(a, dict) else None for a in items] if isinstance(items, list) else []
+    else:
+        annotation, task = body.get("annotation"), body.get("task")
+        tasks = [
+            annotation.get("task") if isinstance(annotation, dict) else None,
+            task.get("id") if isinstance(task, dict) else None,
+        ]
+        tasks = [t for t in tasks if t is not None][:1]
+    ids = [t for t in tasks if isinstance(t, int) and not isinstance(t, bool)]
+    return ids if ids and len(ids) == len(tasks) else None
 
 
 def count_annotations(body: dict[str, Any], action: str) -> int:
