@@ -15,6 +15,7 @@ The set is stored as JSON (`MODEL_DIR/<project>/labels.json`, written atomically
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -23,6 +24,7 @@ from backend.jobs import LabelHints
 from backend.projectdir import ProjectDir, read_json, write_atomic, write_json
 
 Tasks = list[dict[str, Any]]
+log = logging.getLogger("lsal.labels")
 
 
 class LabelCache:
@@ -56,8 +58,14 @@ class LabelCache:
         ``labels.dirty`` exists); ``read_all`` / ``read_ids`` read labeled tasks from Label Studio.
         """
         saved = self.load()
-        self.pdir.open()
-        write_atomic(self.pdir.labels_dirty, b"")
+        try:
+            self.pdir.open()
+            write_atomic(self.pdir.labels_dirty, b"")
+        except OSError as exc:
+            # Without the marker, hints taken now could be lost with nothing to say so: leave them
+            # in Redis for the next cycle (the saved set plus them is still complete), read all now.
+            log.warning("project dir %s not writable (%s): reading every label", self.pdir.root, exc)
+            return sorted(read_all(), key=lambda t: int(t["id"])), "full"
         hints = take_hints()
         started = now()
         if saved is None or hints.full or started - saved[1] >= reconcile_seconds:

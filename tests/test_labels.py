@@ -110,3 +110,17 @@ def test_an_update_that_did_not_finish_is_followed_by_a_full_read(tmp_path: Path
     assert cache.load() is None
     assert sync(cache, ls, hints(), now=11) == ([1, 2], "full")
     assert not ProjectDir(tmp_path, 3).labels_dirty.exists()
+
+
+def test_a_project_dir_that_refuses_the_marker_gets_a_full_read_and_keeps_its_hints(tmp_path: Path) -> None:
+    """Without the dirty marker a taken hint could be lost silently: the hints stay in Redis."""
+    ls = FakeLS({1: "a", 2: "b"})
+    cache = LabelCache(tmp_path, 3)
+    sync(cache, ls, hints(), now=0)
+    ProjectDir(tmp_path, 3).labels_dirty.mkdir()  # the marker cannot be written (a directory is in the way)
+
+    def never(*_: object) -> LabelHints:
+        raise AssertionError("hints taken without the marker")
+
+    tasks, how = cache.sync(300, never, ls.read_all, ls.read_ids, now=lambda: 1)
+    assert ([t["id"] for t in tasks], how) == ([1, 2], "full")
