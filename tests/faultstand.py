@@ -7,7 +7,7 @@ It serves exactly the endpoints lsal's worker calls (see backend/labelstudio.py 
 * ``GET /api/projects/{id}`` / ``PATCH /api/projects/{id}`` (``model_version`` accepted only if a
   prediction of that version exists or it is a connected backend's title, else 400 with
   ``validation_errors``, as LS does)
-* ``GET /api/projects/{id}/export?exportType=JSON`` -> list of tasks that have annotations
+* ``GET /api/projects/{id}/export?exportType=JSON[&ids[]=..]`` -> list of tasks that have annotations
 * ``GET /api/tasks?project=&page=&page_size=`` -> ``{"tasks", "total", "total_annotations",
   "total_predictions"}``; a page past the end -> 404 ``"Invalid page."``
 * ``POST /api/projects/{id}/import/predictions`` -> 201 ``{"created": N}``; an unknown task id -> 400
@@ -306,9 +306,11 @@ class FaultStand:
                     p.sampling = body["sampling"]
                 return 200, self._project_json(p)
             if rest == "/export" and method == "GET":
+                only = {int(i) for i in query.get("ids[]", [])}  # Label Studio's selection by task id
                 out = [
                     {"id": t, "data": p.tasks[t], "meta": {}, "annotations": anns, "predictions": []}
                     for t, anns in sorted(p.annotations.items())
+                    if not only or t in only
                 ]
                 return 200, out
             if rest == "/import/predictions" and method == "POST":

@@ -122,12 +122,14 @@ class Stack:
         assert r.status_code == 200, r.text
         return pid
 
-    def label_more(self, pid: int, n: int = 2) -> None:
+    def label_more(self, pid: int, n: int = 2) -> list[int]:
+        """Annotate the next ``n`` unlabeled tasks in the stand (no webhook); their ids."""
         p = self.stand.projects[pid]
         unlabeled = [t for t in sorted(p.tasks) if t not in p.annotations]
         ordered = sorted(p.tasks)
         for t in unlabeled[:n]:
             self.stand.annotate(pid, t, SMS[ordered.index(t)][1])
+        return unlabeled[:n]
 
     def train(self, pid: int) -> str:
         r = requests.post(f"{self.server.url}/train", json={"project": pid}, timeout=10)
@@ -559,15 +561,16 @@ def test_a_thousand_webhooks_in_a_second(stack: Stack) -> None:
     """
     p = stack.new_project()
     _baseline(stack, [p])
-    stack.label_more(p, 2)
-    event = {"action": "ANNOTATION_CREATED", "project": {"id": p}, "annotation": {"id": 1, "result": []},
-             "task": {"id": 1}}  # fmt: skip
+    labeled = stack.label_more(p, 2)
+    # Each event names one of the two labeled tasks, as Label Studio's would: the cycles read those.
+    events = [{"action": "ANNOTATION_CREATED", "project": {"id": p}, "annotation": {"id": t, "result": [], "task": t},
+               "task": {"id": t}} for t in labeled]  # fmt: skip
     session = requests.Session()
     adapter = requests.adapters.HTTPAdapter(pool_connections=50, pool_maxsize=50)
     session.mount("http://", adapter)
 
-    def send(_: int) -> tuple[int, str | None]:
-        r = session.post(f"{stack.server.url}/webhook", json=event, timeout=10)
+    def send(i: int) -> tuple[int, str | None]:
+        r = session.post(f"{stack.server.url}/webhook", json=events[i % 2], timeout=10)
         return r.status_code, r.json().get("job_id")
 
     with ThreadPoolExecutor(50) as pool:
