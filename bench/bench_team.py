@@ -3,7 +3,9 @@
 The whole stack is real and local: Label Studio on SQLite or PostgreSQL (``--db``; tests/lsharness.py:
 a copy of a migrated template, a free port), `lsal serve` and one `lsal worker` as subprocesses, the
 machine's Redis (DB 12, a unique queue name ``lsalbench-<hex>``; only its keys are deleted at the end),
-lsal's own defaults otherwise (``AL_QUEUE_DEPTH``, ``AL_MIN_LABELS``, ``AL_RETRAIN_EVERY``).
+lsal's own defaults otherwise (``AL_QUEUE_DEPTH``, ``AL_MIN_LABELS``, ``AL_RETRAIN_EVERY``). Label
+Studio gets the feature flags docker-compose.yml sets, as deployed (bench/stack.py; ``--ls-env KEY=VALUE``
+replaces them; the JSON's ``ls_env`` says which were set).
 
 The team: ``--annotators`` Label Studio users (default 5), each signed up the way a person joins an
 open-source Label Studio (``/user/signup/``: they join the organization) and each with their own
