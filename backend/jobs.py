@@ -267,14 +267,18 @@ class Jobs:
         after this event sees the hint (see take_label_hints)."""
         ids = [int(i) for i in tasks]
         keys = [self.key(project, n) for n in ("labels_changed", "labels_full")]
-        over = not full and int(self.redis.scard(keys[0])) + len(ids) > MAX_TASK_HINTS
-        pipe = self.redis.pipeline(transaction=True)
-        if full or over:
-            pipe.set(keys[1], 1, ex=self.marker_ttl)
-        elif ids:
+        if not full and ids:
+            # One round trip inside the webhook's budget; past the bound, a second one says "read all".
+            pipe = self.redis.pipeline(transaction=True)
             pipe.sadd(keys[0], *ids)
             pipe.expire(keys[0], self.marker_ttl)
-        pipe.execute()
+            pipe.scard(keys[0])
+            full = int(pipe.execute()[-1]) > MAX_TASK_HINTS
+        if full:
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.set(keys[1], 1, ex=self.marker_ttl)
+            pipe.delete(keys[0])  # the ids are no use once everything is read
+            pipe.execute()
 
     def take_label_hints(self, project: int) -> LabelHints:
         """Take (read and clear) the label hints, atomically. The cycle calls it after claiming its
