@@ -965,6 +965,28 @@ def render(docs: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def kept_sections(old: str, missing: list[Bench]) -> str:
+    """The sections of the datasets with no results in bench/out, as the previous render had them
+    (with its provenance line), marked as not re-run: a partial re-run on another machine does not
+    silently drop what was measured before."""
+    out: list[str] = []
+    for b in missing:
+        head = f"## {b.title}\n"
+        i = old.find(head)
+        if i < 0:
+            out.append(f"## {b.title}\n\nNot measured in this render nor kept from an earlier one.\n")
+            continue
+        j = old.find("\n## ", i + len(head))
+        body = old[i : j if j >= 0 else len(old)].rstrip() + "\n"
+        where = next(
+            (line[2:] for line in old.splitlines() if line.startswith("- ") and b.name in line.split(":")[0]),
+            "in an earlier render",
+        )
+        note = f"\n*Not re-run in this render (no results in bench/out): kept from the previous render. {where}*\n"
+        out.append(body.replace(head, head + note, 1))
+    return ("\n" + "\n".join(out)) if out else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -1011,7 +1033,9 @@ def main(argv: list[str] | None = None) -> int:
             IMG / f"label_efficiency_{name}.png",
             title=f"{by_name[name].title}: {doc['config']['repeats']} repeats",
         )
-    text = render(docs)
+    text = render(docs) + kept_sections(
+        DOC.read_text() if DOC.exists() else "", [b for b in BENCHES if b.name not in docs]
+    )
     if args.preamble:
         extra = Path(args.preamble).read_text()
         text = text.replace("\n## Targets\n", "\n" + extra.rstrip() + "\n\n## Targets\n", 1)
