@@ -949,6 +949,14 @@ def render(docs: dict[str, dict[str, Any]]) -> str:
     for what, value, ok in targets(docs, default):
         lines.append(f"| {what} | {value} | {'yes' if ok else ('no' if ok is False else 'n/a')} |")
     lines.append("")
+    missing = [b.name for b in BENCHES if b.name not in docs]
+    if missing:
+        lines += [
+            f"Computed over the datasets re-run for this render ({', '.join(docs)}) only; "
+            f"{', '.join(missing)}: see their sections below (kept from an earlier render, or not measured) "
+            'and "What was tried".',
+            "",
+        ]
     lines += baseline_section(docs, default)
     lines += variants_section(docs)
     lines += [TRIED, ""]
