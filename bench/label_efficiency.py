@@ -992,6 +992,9 @@ def kept_sections(old: str, missing: list[Bench]) -> str:
             continue
         j = old.find("\n## ", i + len(head))
         body = old[i : j if j >= 0 else len(old)].rstrip() + "\n"
+        if body[len(head) :].lstrip().startswith("*Not re-run"):  # kept before: its note names the run
+            out.append(body)
+            continue
         where = next(
             (line[2:] for line in old.splitlines() if line.startswith("- ") and b.name in line.split(":")[0]),
             "in an earlier render",
