@@ -992,7 +992,7 @@ def kept_sections(old: str, missing: list[Bench]) -> str:
             continue
         j = old.find("\n## ", i + len(head))
         body = old[i : j if j >= 0 else len(old)].rstrip() + "\n"
-        if body[len(head) :].lstrip().startswith("*Not re-run"):  # kept before: its note names the run
+        if body[len(head) :].lstrip().startswith(("*Not re-run", "Not measured")):  # kept before, as it was
             out.append(body)
             continue
         where = next(
