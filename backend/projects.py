@@ -35,6 +35,15 @@ def path(model_dir: Path, project: int) -> Path:
     return ProjectDir(model_dir, project).project_json
 
 
+def is_set_up(model_dir: Path, project: int) -> bool:
+    """Whether Label Studio ever set `project` up with lsal (its /setup reached this MODEL_DIR).
+
+    The one rule for requests about a project lsal was never set up for (a made-up id, or one Label
+    Studio never connected): they cost no job, no file and no metric series. One stat, no parsing.
+    """
+    return path(model_dir, project).is_file()
+
+
 def save(model_dir: Path, project: int, label_config: str, extra_params: dict[str, Any] | None) -> ProjectSetup:
     """Keep what /setup received; an identical repeat does not rewrite the file."""
     setup = ProjectSetup(

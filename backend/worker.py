@@ -268,7 +268,7 @@ def score_new_tasks_job(project: int) -> dict[str, object]:
     settings, jobs, deps = _context(job)
     jobs.claim(project, job.id, TASKS_MARKER)  # from here on, new hints queue a follow-up job
     hints = jobs.take_task_hints(project)
-    if projects.load(settings.model_dir, project) is None:
+    if not projects.is_set_up(settings.model_dir, project):
         return {"status": "not_set_up", "written": 0}
     cache = PoolCache(settings.model_dir, project)
     if hints.overflow:

@@ -102,6 +102,8 @@ def test_embedded_serve_starts_redis_and_a_worker_and_stops_them(tmp_path: Path,
         assert len(redis_servers) == 1, "one private redis-server, working in MODEL_DIR/redis"
         children |= redis_servers
         # The queue works end to end: /train is accepted and the worker picks the job up.
+        setup = {"project": "1.1700000000", "schema": SPAM_XML}
+        assert requests.post(f"http://127.0.0.1:{port}/setup", json=setup, timeout=5).status_code == 200
         job = requests.post(f"http://127.0.0.1:{port}/train", json={"project": 1}, timeout=5).json()["job_id"]
         wait_for(
             lambda: requests.get(f"http://127.0.0.1:{port}/jobs/{job}", timeout=5).json()["state"] != "queued",
@@ -168,6 +170,8 @@ def test_sigterm_during_a_cycle_stops_everything_within_3_s_and_requeues_it(
         # uvicorn's HTTP processes are spawned by multiprocessing, and so is each one's scoring process.
         spawned = {c for c in children if b"spawn_main" in _cmdline(c)}
         assert any(_ppid(c) in spawned for c in spawned), "a scoring process was started"
+        setup = {"project": "1.1700000000", "schema": SPAM_XML}
+        assert requests.post(f"{server}/setup", json=setup, timeout=5).status_code == 200
         job = requests.post(f"{server}/train", json={"project": 1}, timeout=5).json()["job_id"]
         wait_for(lambda: _state(server, job) == "started", 60, 0.2, "the cycle to start")
         proc.send_signal(signal.SIGTERM)

@@ -25,6 +25,7 @@ from backend.server import build_app
 from backend.store import ModelStore, StoreError
 from tests.conftest import LsalServer, WorkerProcess, wait_for
 from tests.faultstand import FaultStand
+from tests.serverkit import set_up
 
 REPO = Path(__file__).resolve().parent.parent
 SPAM_XML = (REPO / "label_config" / "spam.xml").read_text()
@@ -67,6 +68,7 @@ def test_basic_auth_and_trigger_token_enforced_in_constant_time(
         assert c.request(method, path, headers={"Authorization": good}, json={}).status_code != 401
     assert calls, "credentials are compared with hmac.compare_digest"
     # /train: the trigger token, compared in constant time too
+    set_up(settings, 1)
     assert c.post("/train", json={"project": 1}, headers={"Authorization": "Bearer nope"}).status_code == 401
     n = len(calls)
     assert c.post("/train", json={"project": 1}, headers={"Authorization": f"Bearer {TRIGGER}"}).status_code == 202
@@ -351,11 +353,12 @@ def test_webhook_task_payloads_are_hints_never_data(redis_base_url: str, tmp_pat
 @pytest.mark.integration
 def test_events_for_projects_never_set_up_cost_nothing(settings: Settings, redis_conn: redis.Redis) -> None:
     """Fault: 500 made-up project ids, each sent START_TRAINING, ANNOTATION_CREATED, TASKS_CREATED and
-        TASKS_DELETED through /webhook
-    Done: 2,000 events through the full app (Guard, FastAPI) with a real Redis queue
-    Expected: every one answered 200 "ignored"; no job queued, no Redis key, no file under MODEL_DIR
+        TASKS_DELETED through /webhook, and POST /train
+    Done: 2,500 requests through the full app (Guard, FastAPI) with a real Redis queue
+    Expected: every event answered 200 "ignored", every /train 404 naming the project (one rule,
+        projects.is_set_up); no job queued, no Redis key, no file under MODEL_DIR
     Observed: as expected (before: 500 jobs with 4 attempts each, 501 /metrics series, and
-        MODEL_DIR/<id>/pool/events.jsonl for every TASKS_DELETED)
+        MODEL_DIR/<id>/pool/events.jsonl for every TASKS_DELETED; /train queued a job per made-up id)
     """
     from rq import Queue
 
@@ -373,6 +376,8 @@ def test_events_for_projects_never_set_up_cost_nothing(settings: Settings, redis
         ):
             r = c.post("/webhook", json={"action": action, "project": {"id": pid}, **extra})
             assert r.status_code == 200 and r.json() == {"status": "ignored", "action": action}, r.text
+        r = c.post("/train", json={"project": pid})
+        assert r.status_code == 404 and r.json()["field"] == "project" and str(pid) in r.json()["error"], r.text
     assert Queue(settings.queue_name, connection=redis_conn, serializer=SERIALIZER).count == 0
     assert set(redis_conn.scan_iter(f"{settings.queue_name}:*")) == before
     assert list(settings.model_dir.iterdir()) == []

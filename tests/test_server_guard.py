@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from backend.config import Settings
 from backend.server import Guard
-from tests.serverkit import WEBHOOKS, assert_error, basic, client_for, predict_body, setup_body
+from tests.serverkit import WEBHOOKS, assert_error, basic, client_for, predict_body, set_up, setup_body
 
 
 @pytest.fixture
@@ -36,6 +36,7 @@ def test_body_over_the_limit(settings: Settings, redis_conn: redis.Redis) -> Non
 
 def test_trigger_token(settings: Settings, redis_conn: redis.Redis) -> None:
     client = client_for(replace(settings, trigger_token="t0ken"))
+    set_up(settings, 1)
     assert_error(client.post("/train", json={"project": 1}), 401, "authorization")
     resp = client.post("/train", json={"project": 1}, headers={"Authorization": "Bearer wrong"})
     body = assert_error(resp, 401, "authorization")
@@ -45,6 +46,7 @@ def test_trigger_token(settings: Settings, redis_conn: redis.Redis) -> None:
 
 def test_basic_auth_on_every_endpoint(settings: Settings, redis_conn: redis.Redis) -> None:
     client = client_for(replace(settings, basic_auth_user="ls", basic_auth_pass="s3cret"))
+    set_up(settings, 1)
     calls = [
         ("get", "/health", None),
         ("post", "/setup", setup_body()),

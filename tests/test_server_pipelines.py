@@ -18,7 +18,7 @@ from backend.jobs import Jobs
 from backend.server import pipelines
 from backend.server.deps import ProjectLookup, get_jobs, get_projects, get_settings, get_store
 from backend.store import ModelStore
-from tests.serverkit import assert_error, client_for, mount, publish_spam_model, queued_ids
+from tests.serverkit import assert_error, client_for, mount, publish_spam_model, queued_ids, set_up
 
 
 @pytest.fixture
@@ -27,6 +27,7 @@ def client(settings: Settings, redis_conn: redis.Redis) -> TestClient:
 
 
 def test_train_and_job_status(client: TestClient, settings: Settings, redis_conn: redis.Redis) -> None:
+    set_up(settings, 12)
     resp = client.post("/train", json={"project": 12})
     assert resp.status_code == 202
     job_id = resp.json()["job_id"]
@@ -35,6 +36,21 @@ def test_train_and_job_status(client: TestClient, settings: Settings, redis_conn
     assert status["state"] == "queued" and status["project"] == 12
     assert_error(client.get("/jobs/" + "0" * 32), 404, "job_id")
     assert_error(client.get("/jobs/not-a-job"), 400, "job_id")
+
+
+def test_train_for_a_project_never_set_up_is_a_404_and_queues_nothing(
+    client: TestClient, settings: Settings, redis_conn: redis.Redis
+) -> None:
+    """/train follows the webhook's rule (projects.is_set_up): a project whose /setup never reached
+    this MODEL_DIR costs no job, no Redis key and no file."""
+    before = set(redis_conn.scan_iter(f"{settings.queue_name}:*"))
+    body = assert_error(client.post("/train", json={"project": 77}), 404, "project")
+    assert body["error"] == "project 77 was never set up with lsal (no /setup from Label Studio)"
+    assert queued_ids(settings, redis_conn) == []
+    assert set(redis_conn.scan_iter(f"{settings.queue_name}:*")) == before
+    assert not (settings.model_dir / "77").exists()
+    set_up(settings, 77)
+    assert client.post("/train", json={"project": 77}).status_code == 202
 
 
 @pytest.mark.parametrize("body", [{"project": "x"}, {"project": 0}, {}, {"project": 1.5}])
@@ -54,6 +70,7 @@ def test_the_router_alone_serves_from_the_dependencies_it_is_given(
         get_jobs: Jobs(redis_conn, settings.queue_name, settings.job_timeout),
     }
     client = mount(pipelines.router, overrides)
+    set_up(other, 4)
     resp = client.post("/train", json={"project": 4})
     assert resp.status_code == 202
     job_id = resp.json()["job_id"]

@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from backend import plots, stopping
+from backend import plots, projects, stopping
 from backend.cycle_log import cycle_history
 from backend.server.deps import JobsDep, ProjectsDep, SettingsDep, StoreDep, require_jobs
 from backend.server.schemas import ApiError, ErrorBody, TrainRequest, TrainResponse, parse_project
@@ -19,10 +19,15 @@ from backend.server.schemas import ApiError, ErrorBody, TrainRequest, TrainRespo
 router = APIRouter()
 
 
-@router.post("/train", status_code=202, response_model=TrainResponse)
-def train(body: TrainRequest, jobs: JobsDep) -> dict[str, Any]:
-    """Queue a cycle of the project, or join the one already queued."""
-    enq = require_jobs(jobs).request_cycle(body.project, "train")
+@router.post("/train", status_code=202, response_model=TrainResponse, responses={404: {"model": ErrorBody}})
+def train(body: TrainRequest, jobs: JobsDep, settings: SettingsDep) -> dict[str, Any]:
+    """Queue a cycle of the project, or join the one already queued; 404 for a project that Label
+    Studio never set up with lsal (the webhook's rule: such a project costs no job)."""
+    queue = require_jobs(jobs)
+    if not projects.is_set_up(settings.model_dir, body.project):
+        message = f"project {body.project} was never set up with lsal (no /setup from Label Studio)"
+        raise ApiError(404, message, "project")
+    enq = queue.request_cycle(body.project, "train")
     return {"job_id": enq.job_id, "created": enq.created}
 
 

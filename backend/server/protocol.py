@@ -325,9 +325,9 @@ def handle_event(body: dict[str, Any], settings: Settings, lookup: ProjectLookup
     if not isinstance(proj, dict) or "id" not in proj:
         raise ApiError(400, "project.id is required", "project.id")
     project = parse_project(proj["id"], "project.id")
-    if not projects.path(settings.model_dir, project).is_file():
-        # A project Label Studio never set up with lsal (/setup runs when it connects and on every
-        # Data Manager load) costs no job, no file and no metric series: one stat, then done.
+    if not projects.is_set_up(settings.model_dir, project):
+        # /setup runs when Label Studio connects and on every Data Manager load. A webhook is
+        # answered 200 (Label Studio would only log an error), but nothing is queued or stored.
         return {"status": "ignored", "action": action}
     if action in TASK_ACTIONS:
         return tasks_event(project, action, body, settings, jobs)
