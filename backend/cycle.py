@@ -54,9 +54,18 @@ def _no_progress(stage: str, done: int = 0, total: int = 0) -> None:
     pass
 
 
+def _unfenced() -> None:
+    pass
+
+
 @dataclass
 class CycleDeps:
-    """What a cycle talks to: settings, the Label Studio client, the model store, a progress callback."""
+    """What a cycle talks to: settings, the Label Studio client, the model store, a progress callback.
+
+    ``fence`` is called immediately before every write of project state (MODEL_DIR) or to Label
+    Studio, and raises when the project lock is no longer this job's (backend.worker.Fence.check):
+    a job that lost its lock stops before its next write instead of writing over another worker's.
+    """
 
     settings: Settings
     client: LabelStudioClient
@@ -65,6 +74,7 @@ class CycleDeps:
     models: ModelRegistry = field(default_factory=ModelRegistry)
     #: takes the tasks webhooks named since the last cycle (backend.jobs); None: read every label
     label_hints: Callable[[], LabelHints] | None = None
+    fence: Callable[[], None] = _unfenced
 
     def load_model(self, project: int, spec: TaskSpec) -> tuple[str, Model] | None:
         """The project's current (version, model), or None before its first version."""
@@ -253,6 +263,7 @@ def run_cycle(deps: CycleDeps, project: int) -> CycleReport:
         report.status = "cold_start"
         report.training_stats["cold_start_reason"] = reason
         _seed_order(deps, project, spec, config, report, ids, inputs, pool_emb)
+        deps.fence()
         record_cycle(deps.settings.model_dir, report)
         return report
 
@@ -281,11 +292,15 @@ def run_cycle(deps: CycleDeps, project: int) -> CycleReport:
             "classes": list(model.classes_),
             "training_stats": ts.stats,
         }
+        deps.fence()
         report.version = deps.store.publish(project, model.save, metadata)
     report.status = "trained"
     with _stage(report, progress, "stability"):
-        report.stability = stop_set_agreement(deps.settings, project, scorer_for(model), report.version, ids, inputs)
+        report.stability = stop_set_agreement(
+            deps.settings, project, scorer_for(model), report.version, ids, inputs, fence=deps.fence
+        )
     _score_and_write(deps, project, spec, config, model, report, ids, inputs, ts, pool_emb, labeled_emb)
+    deps.fence()
     record_cycle(deps.settings.model_dir, report)
     return report
 
@@ -305,7 +320,14 @@ def read_labels(deps: CycleDeps, project: int) -> tuple[list[dict[str, Any]], st
 
 
 def stop_set_agreement(
-    settings: Settings, project: int, learner: Scorer, version: str | None, ids: list[int], inputs: list[Any]
+    settings: Settings,
+    project: int,
+    learner: Scorer,
+    version: str | None,
+    ids: list[int],
+    inputs: list[Any],
+    *,
+    fence: Callable[[], None] = _unfenced,
 ) -> dict[str, Any]:
     """Predict the project's fixed stop set and compare with the previous version (stopping.py).
 
@@ -326,6 +348,7 @@ def stop_set_agreement(
         stop_inputs = [by_id[i] for i in stop_ids]
         # Image inputs are feature vectors: stored as lists of numbers.
         stored_inputs = [x.tolist() if isinstance(x, np.ndarray) else x for x in stop_inputs]
+        fence()
         write_json(pdir.stop_set, {"ids": stop_ids, "inputs": stored_inputs})
     if not stop_ids:
         return {"kappa": None, "changed": None, "compared": 0}
@@ -336,6 +359,7 @@ def stop_set_agreement(
     except (TypeError, ValueError, KeyError, AttributeError):
         prev = {}
     result = stopping.agreement(prev, now) if prev else {"kappa": None, "changed": None, "compared": 0}
+    fence()
     write_json(pdir.stop_predictions, {"version": version, "labels": now})
     return result
 
@@ -362,7 +386,7 @@ def unlabeled_pool(
     `prepare` sees the snapshot before it is saved (the pool's embeddings are added there). Image
     projects: the inputs are image feature vectors (see :func:`image_inputs`), and so are the
     training set's (``ts``, updated in place)."""
-    cache = PoolCache(deps.settings.model_dir, project)
+    cache = PoolCache(deps.settings.model_dir, project, fence=deps.fence)
     snap = cache.sync(
         label_config,
         deps.settings.pool_reconcile,
@@ -465,10 +489,12 @@ def _score_and_write(
 def _write(deps: CycleDeps, project: int, report: CycleReport, predictions: list[Prediction]) -> None:
     """Import the predictions in chunks, counting what Label Studio stored (``partial_write`` if not all)."""
     assert report.version is not None
+    deps.fence()
     ProjectDir(deps.settings.model_dir, project).record_written(report.version)
     with _stage(report, deps.progress, "write"):
         for start in range(0, len(predictions), IMPORT_CHUNK):
             chunk = [p.to_json() for p in predictions[start : start + IMPORT_CHUNK]]
+            deps.fence()
             created = deps.client.import_predictions(project, chunk)
             report.written += len(chunk)
             report.created += created
@@ -496,6 +522,7 @@ def _switch(deps: CycleDeps, project: int, config: ProjectConfig, version: str |
     if config.set_sampling:
         fields["sampling"] = "Uncertainty sampling"
     with _stage(report, deps.progress, "switch"):
+        deps.fence()
         deps.client.update_project(project, **fields)
 
 
@@ -565,7 +592,12 @@ def score_new_tasks(deps: CycleDeps, project: int, task_ids: Sequence[int]) -> d
         seed=deps.settings.seed,
         params=config.strategy_params,
     )
-    created = deps.client.import_predictions(project, [p.to_json() for p in predictions], chunk_size=IMPORT_CHUNK)
+    created = 0
+    for start in range(0, len(predictions), IMPORT_CHUNK):
+        deps.fence()
+        created += deps.client.import_predictions(
+            project, [p.to_json() for p in predictions[start : start + IMPORT_CHUNK]]
+        )
     return {"status": "scored", "version": version, "written": len(predictions), "created": created}
 
 
@@ -582,6 +614,8 @@ def cleanup_stale(deps: CycleDeps, project: int, limit: int | None = None) -> di
         if version in present:
             if limit is not None and len(deleted) >= limit:
                 break
+            deps.fence()
             deleted[version] = deps.client.delete_model_version(project, version)
+        deps.fence()
         pdir.forget_written(version)
     return deleted

@@ -291,6 +291,23 @@ class Jobs:
         tasks, full, _ = pipe.execute()
         return LabelHints(tasks=frozenset(int(i) for i in tasks), full=full is not None)
 
+    def restore_task_hints(self, project: int, hints: TaskHints) -> None:
+        """Give back hints that a failed task job took, for its retry (or the next task job): ids that
+        arrived meanwhile stay, and the bound holds (past it, the pool is marked for a full read)."""
+        if not (hints.created or hints.deleted or hints.overflow):
+            return
+        keys = [self.key(project, n) for n in ("tasks_created", "tasks_deleted", "tasks_overflow")]
+        held = sum(int(self.redis.scard(k)) for k in keys[:2])
+        pipe = self.redis.pipeline(transaction=True)
+        if hints.overflow or held + len(hints.created) + len(hints.deleted) > MAX_TASK_HINTS:
+            pipe.set(keys[2], 1, ex=self.marker_ttl)
+        else:
+            for key, ids in ((keys[0], hints.created), (keys[1], hints.deleted)):
+                if ids:
+                    pipe.sadd(key, *ids)
+                    pipe.expire(key, self.marker_ttl)
+        pipe.execute()
+
     def forget_project(self, project: int) -> int:
         """Remove every per-project key (markers, counters, hints) of a project Label Studio does not
         know: a deleted project leaves nothing behind. The lock is left to expire (its holder may be

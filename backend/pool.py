@@ -138,8 +138,11 @@ def read_snapshot(file: Any) -> PoolSnapshot | None:
 class PoolCache:
     """The pool of one project on disk: an npz snapshot plus an append-only event log."""
 
-    def __init__(self, model_dir: Path, project: int) -> None:
+    def __init__(self, model_dir: Path, project: int, fence: Callable[[], None] | None = None) -> None:
         self.pdir = ProjectDir(model_dir, project)
+        # Called immediately before each write (snapshot, log rotation, append): a job that lost the
+        # project lock stops there (backend.worker.Fence.check). None: a reader, or a test.
+        self.fence = fence
         self.dir = self.pdir.pool
         self.snapshot_path = self.pdir.pool_snapshot
         self.events_path = self.pdir.pool_events
@@ -157,11 +160,16 @@ class PoolCache:
         finally:
             os.close(fd)  # releases the lock
 
+    def _check_fence(self) -> None:
+        if self.fence is not None:
+            self.fence()
+
     # -- events (written by webhook jobs; O(new tasks)) -----------------------------------------
 
     def _append(self, event: Mapping[str, Any]) -> None:
         line = json.dumps(event, separators=(",", ":")).encode()
         with self._events_lock():
+            self._check_fence()
             append_line(self.events_path, line)
 
     def add_tasks(self, tasks: Iterable[Mapping[str, Any]]) -> int:
@@ -224,6 +232,7 @@ class PoolCache:
     def save(self, snap: PoolSnapshot) -> None:
         """Write the snapshot (events already folded in) durably and start a new event log."""
         self.pdir.open()
+        self._check_fence()
         with atomic_file(self.snapshot_path) as f:
             write_snapshot(f, snap)
         self._drop_folded()
@@ -245,6 +254,7 @@ class PoolCache:
                     rest = f.read()
             except OSError:
                 return
+            self._check_fence()
             write_atomic(self.events_path, rest)
         self._folded = 0
 

@@ -28,12 +28,14 @@ from backend.config import Settings
 from backend.cycle import CycleDeps, cleanup_stale, run_cycle, score_new_tasks
 from backend.jobs import (
     CLEANUP_MARKER,
+    CLEANUP_FUNC,
     JOB_FUNCS,
     LOCK_TTL,
     SERIALIZER,
     TASKS_MARKER,
     Jobs,
     low_queue_name,
+    TaskHints,
     progress_reporter,
 )
 from backend.labelstudio import LabelStudioClient, LabelStudioError
@@ -206,7 +208,10 @@ def cycle_job(project: int, reason: str) -> dict[str, Any]:
         with held(lock, project) as fence, threadpool_limits(1):
             # The hints are taken inside the cycle, after claim(): a later event queues a follow-up.
             fenced_deps = replace(
-                deps, progress=fenced(deps.progress, fence), label_hints=lambda: jobs.take_label_hints(project)
+                deps,
+                progress=fenced(deps.progress, fence),
+                fence=fence.check,
+                label_hints=lambda: jobs.take_label_hints(project),
             )
             report = run_cycle(fenced_deps, project)
     except LabelStudioError as exc:
@@ -246,9 +251,9 @@ def cleanup_job(project: int) -> dict[str, int]:
     lock = jobs.project_lock(project)
     if not lock.acquire():
         raise TimeoutError(f"project {project}: the project lock stayed held for the whole job timeout")
-    with held(lock, project):
+    with held(lock, project) as fence:
         # One version per job: the worker is never held up by a long deletion when a cycle arrives.
-        deleted = cleanup_stale(deps, project, limit=1)
+        deleted = cleanup_stale(replace(deps, fence=fence.check), project, limit=1)
         stale = len(ProjectDir(deps.settings.model_dir, project).written_versions()) - 1
     if stale > 0:
         jobs.request_cleanup(project, 0)  # the next one, from the low queue
@@ -262,17 +267,35 @@ def score_new_tasks_job(project: int) -> dict[str, object]:
     Studio in bulk by id: those it returns enter the pool with *its* data and new ones are scored
     with the current model (no retrain); an id it does not return is dropped from the pool (never
     written anywhere). Nothing from the webhook's body is stored, scored or written.
+
+    It runs under the project lock, like a cycle (it writes the pool's event log and predictions),
+    and checks it before each write; hints taken by a job that fails go back for its retry.
     """
     job = get_current_job()
     assert job is not None
     settings, jobs, deps = _context(job)
     jobs.claim(project, job.id, TASKS_MARKER)  # from here on, new hints queue a follow-up job
-    hints = jobs.take_task_hints(project)
     if not projects.is_set_up(settings.model_dir, project):
+        jobs.take_task_hints(project)
         return {"status": "not_set_up", "written": 0}
-    cache = PoolCache(settings.model_dir, project)
+    lock = jobs.project_lock(project)
+    deps.progress("waiting_for_lock", 0, 0)
+    if not lock.acquire():
+        raise TimeoutError(f"project {project}: the project lock stayed held for the whole job timeout")
+    with held(lock, project) as fence, threadpool_limits(1):
+        hints = jobs.take_task_hints(project)
+        try:
+            return _apply_task_hints(replace(deps, fence=fence.check), jobs, project, hints)
+        except BaseException:
+            jobs.restore_task_hints(project, hints)
+            raise
+
+
+def _apply_task_hints(deps: CycleDeps, jobs: Jobs, project: int, hints: TaskHints) -> dict[str, object]:
+    cache = PoolCache(deps.settings.model_dir, project, fence=deps.fence)
     if hints.overflow:
         # More hints than we keep: the next cycle reads the whole pool from Label Studio instead.
+        deps.fence()
         cache.snapshot_path.unlink(missing_ok=True)
         return {"status": "pool_reread", "written": 0}
     asked = hints.created | hints.deleted

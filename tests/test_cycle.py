@@ -232,3 +232,132 @@ def test_stop_set_agreement_compares_versions_on_one_fixed_set(
     out = cycle.stop_set_agreement(deps.settings, PID, flipped, "v3", ids[:10], inputs[:10])
     assert out["compared"] == 300 and out["changed"] is not None and out["changed"] > 0.5
     assert out["kappa"] is not None and out["kappa"] < 0
+
+
+# -- fencing: every write of a cycle and of its jobs comes right after a check of the project lock
+
+
+class WriteTrace:
+    """The order of lock checks and writes: files under MODEL_DIR/<project> as they become visible
+    (rename into place, append) and Label Studio calls that are not GETs. A write made inside another
+    traced write (store.publish's files) counts once, as the outer one."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = str(root)
+        self.events: list[str] = []
+        self.depth = 0
+        self.active = True
+
+    def note(self, what: str) -> None:
+        if self.active and self.depth == 0:
+            self.events.append(what)
+
+    def unit(self, what: str, fn: Any) -> Any:
+        def wrapped(*args: Any, **kw: Any) -> Any:
+            self.note(what)
+            self.depth += 1
+            try:
+                return fn(*args, **kw)
+            finally:
+                self.depth -= 1
+
+        return wrapped
+
+    def install(self, monkeypatch: pytest.MonkeyPatch, deps: cycle.CycleDeps) -> None:
+        import os
+
+        real_replace, real_rename, real_write = os.replace, os.rename, os.write
+
+        def replace_(src: Any, dst: Any, *a: Any, **k: Any) -> None:
+            if str(dst).startswith(self.root):
+                self.note(f"file:{Path(dst).name}")
+            real_replace(src, dst, *a, **k)
+
+        def rename_(src: Any, dst: Any, *a: Any, **k: Any) -> None:
+            if str(dst).startswith(self.root):
+                self.note(f"file:{Path(dst).name}")
+            real_rename(src, dst, *a, **k)
+
+        def write_(fd: int, data: Any) -> int:
+            import fcntl
+
+            if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+                if target.startswith(self.root):
+                    self.note(f"append:{Path(target).name}")
+            return real_write(fd, data)
+
+        monkeypatch.setattr(os, "replace", replace_)
+        monkeypatch.setattr(os, "rename", rename_)
+        monkeypatch.setattr(os, "write", write_)
+        request = deps.client.request
+
+        def request_(method: str, path: str, **kw: Any) -> Any:
+            if method == "GET":
+                return request(method, path, **kw)
+            return self.unit(f"ls:{method}", request)(method, path, **kw)
+
+        monkeypatch.setattr(deps.client, "request", request_)
+        monkeypatch.setattr(deps.store, "publish", self.unit("publish", deps.store.publish))
+
+    def unfenced(self) -> list[int]:
+        """Positions of writes not immediately preceded by a lock check."""
+        return [i for i, e in enumerate(self.events) if e != "fence" and (i == 0 or self.events[i - 1] != "fence")]
+
+
+def test_every_write_of_a_cycle_and_of_its_jobs_comes_right_after_a_lock_check(
+    stand: FaultStand,
+    deps: cycle.CycleDeps,
+    sms: tuple[list[str], list[str]],
+    redis_conn: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cold-start cycle, a trained one folding logged pool events, stream scoring of new tasks and
+    the cleanup, fenced by a real project lock (backend.worker.Fence on Redis): each write to MODEL_DIR
+    or to Label Studio comes immediately after a check, so a job that lost its lock stops before its
+    next write; once the lock is another owner's, a cycle writes nothing at all."""
+    from backend.jobs import Jobs
+    from backend.worker import Fence, LockLost
+
+    jobs = Jobs(redis_conn, f"lsaltest-fence-{PID}")
+    lock = jobs.project_lock(PID)
+    assert lock.acquire()
+    trace = WriteTrace(deps.settings.model_dir / str(PID))
+    real = Fence(lock, PID)
+
+    def check() -> None:
+        real.check()
+        trace.events.append("fence")
+
+    fenced = replace(deps, fence=check)
+    trace.install(monkeypatch, fenced)
+    ids, y = sms_project(stand, sms)
+    label(stand, ids, y, range(3))
+    assert cycle.run_cycle(fenced, PID).status == "cold_start"
+    texts = sms[0][100:103]
+    new = [stand.add_task(PID, t) for t in texts]
+    trace.active = False  # what the task job would have logged: folded (and the log rotated) by the next cycle
+    PoolCache(deps.settings.model_dir, PID).add_tasks(
+        [{"id": i, "data": {"text": t}} for i, t in zip(new, texts, strict=True)]
+    )
+    trace.active = True
+    label(stand, ids, y, first_rows_of_both_classes(y, 12))
+    assert cycle.run_cycle(fenced, PID).status == "trained"
+    newer = [stand.add_task(PID, t) for t in sms[0][110:112]]
+    PoolCache(deps.settings.model_dir, PID, fence=check).add_tasks(
+        [{"id": i, "data": {"text": t}} for i, t in zip(newer, sms[0][110:112], strict=True)]
+    )
+    assert cycle.score_new_tasks(fenced, PID, newer)["written"] == 2
+    assert len(cycle.cleanup_stale(fenced, PID)) == 1
+    kinds = {e.split(":")[0] + ":" + e.split(":")[1].split(".")[0] if ":" in e else e for e in trace.events}
+    assert {"publish", "ls:POST", "ls:PATCH", "ls:DELETE", "append:cycles", "append:events"} <= kinds, kinds
+    assert {"file:snapshot", "file:written_versions", "file:stopset", "file:events"} <= kinds, kinds
+    assert trace.unfenced() == [], [trace.events[max(0, i - 2) : i + 1] for i in trace.unfenced()]
+
+    # The lock passes to another owner (its keep-alive failed and it expired): nothing more is written.
+    redis_conn.set(jobs.key(PID, "lock"), "another-owner", ex=30)
+    label(stand, ids, y, range(12, 16))
+    before = len(trace.events)
+    with pytest.raises(LockLost):
+        cycle.run_cycle(fenced, PID)
+    assert trace.events[before:] == []
