@@ -28,14 +28,13 @@ from backend.config import Settings
 from backend.cycle import CycleDeps, cleanup_stale, run_cycle, score_new_tasks
 from backend.jobs import (
     CLEANUP_MARKER,
-    CLEANUP_FUNC,
     JOB_FUNCS,
     LOCK_TTL,
     SERIALIZER,
     TASKS_MARKER,
     Jobs,
-    low_queue_name,
     TaskHints,
+    low_queue_name,
     progress_reporter,
 )
 from backend.labelstudio import LabelStudioClient, LabelStudioError
@@ -251,10 +250,14 @@ def cleanup_job(project: int) -> dict[str, int]:
     lock = jobs.project_lock(project)
     if not lock.acquire():
         raise TimeoutError(f"project {project}: the project lock stayed held for the whole job timeout")
-    with held(lock, project) as fence:
-        # One version per job: the worker is never held up by a long deletion when a cycle arrives.
-        deleted = cleanup_stale(replace(deps, fence=fence.check), project, limit=1)
-        stale = len(ProjectDir(deps.settings.model_dir, project).written_versions()) - 1
+    try:
+        with held(lock, project) as fence:
+            # One version per job: the worker is never held up by a long deletion when a cycle arrives.
+            deleted = cleanup_stale(replace(deps, fence=fence.check), project, limit=1)
+            stale = len(ProjectDir(deps.settings.model_dir, project).written_versions()) - 1
+    except Exception as exc:
+        _fail(job, f"{type(exc).__name__}: {exc}")
+        raise
     if stale > 0:
         jobs.request_cleanup(project, 0)  # the next one, from the low queue
     return deleted
@@ -286,8 +289,10 @@ def score_new_tasks_job(project: int) -> dict[str, object]:
         hints = jobs.take_task_hints(project)
         try:
             return _apply_task_hints(replace(deps, fence=fence.check), jobs, project, hints)
-        except BaseException:
+        except BaseException as exc:
             jobs.restore_task_hints(project, hints)
+            if isinstance(exc, Exception):
+                _fail(job, f"{type(exc).__name__}: {exc}")
             raise
 
 

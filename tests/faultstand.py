@@ -42,6 +42,8 @@ STAGE_CALLS = {
     "read_pool": ("GET", r"/api/tasks"),
     "write": ("POST", r"/api/projects/{p}/import/predictions"),
     "switch": ("PATCH", r"/api/projects/{p}"),
+    # not a cycle's stage: the cleanup job's first call
+    "read_project": ("GET", r"/api/projects/{p}"),
 }
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,10 +21,12 @@ import requests
 from fastapi.testclient import TestClient
 
 from backend.config import Settings
+from backend.pool import PoolCache
+from backend.projectdir import ProjectDir
 from backend.server import build_app
 from backend.store import ModelStore, StoreError
 from tests.conftest import LsalServer, WorkerProcess, wait_for
-from tests.faultstand import FaultStand
+from tests.faultstand import STAGE_CALLS, FaultStand
 from tests.serverkit import set_up
 
 REPO = Path(__file__).resolve().parent.parent
@@ -414,6 +416,111 @@ def test_a_cycle_that_lost_its_project_lock_writes_nothing(redis_base_url: str, 
         assert len(stack.stand.projects[pid].predictions) == predictions
         stack.wait_job(job, ("finished",), timeout=120)
         assert stack.store.current(pid) != first
+
+
+def _steal_lock_while_held(stack: Any, pid: int, stage: str, start: Callable[[], str]) -> str:
+    """Park the project's next `stage` call at the stand-in, start a job with `start`, give the
+    project lock to another owner (for 5 s) while the call is parked, release it; the job's id."""
+    method, pattern = STAGE_CALLS[stage]
+    path = "^" + pattern.replace("{p}", str(pid)) + "/?$"
+    before = len(stack.stand.calls_to(method, path))
+    stack.stand.inject("hold", stage, pid)
+    job = start()
+    wait_for(lambda: len(stack.stand.calls_to(method, path)) > before, 60, 0.1, f"the job parked at {stage}")
+    stack.conn.set(f"{stack.settings.queue_name}:project:{pid}:lock", "another-owner", ex=5)
+    stack.stand.clear(pid)
+    return job
+
+
+def _lock_lost(stack: Any, job: str) -> dict[str, Any]:
+    status = wait_for(lambda: (j := stack.job(job))["error"] and j, 60, 0.1, "the job to stop")
+    assert status["error"].startswith("LockLost: project"), status
+    return dict(status)
+
+
+@pytest.mark.integration
+def test_a_task_job_and_a_cleanup_that_lost_the_project_lock_write_nothing(redis_base_url: str, tmp_path: Path) -> None:
+    """Fault: the project lock passes to another owner while the TASKS_CREATED job or the cleanup
+        job of a project runs
+    Done: each job parked by the stand-in at its first Label Studio call (reading the hinted tasks;
+        reading the project); the lock key overwritten with another owner's token (expiring in 5 s);
+        the call released
+    Expected: the job stops with LockLost before its first write: no pool event, no prediction, no
+        deleted version, written_versions.json unchanged; RQ's retry runs it once the lock is free
+        (the task job's hints were given back) and it does its work
+    Observed: as expected (before: the task job took no lock and the cleanup never checked it: both
+        wrote while another worker held the project)
+    """
+    from tests.test_faults import DEPTH, running_stack
+
+    with running_stack(redis_base_url, tmp_path, workers=1) as (stack, _):
+        pid = stack.new_project()
+        first = stack.wait_job(stack.train(pid), ("finished",))["result"]
+        stack.wait_job(first["cleanup_job"], ("finished",))
+        version = stack.store.current(pid)
+        # The task job.
+        new = stack.stand.add_task(pid, "URGENT you have won a prize, call now")
+        hook = {"action": "TASKS_CREATED", "project": {"id": pid}, "tasks": [{"id": new}]}
+
+        def webhook() -> str:
+            r = requests.post(f"{stack.server.url}/webhook", json=hook, timeout=5)
+            assert r.status_code == 200 and r.json()["status"] == "queued", r.text
+            return str(r.json()["job_id"])
+
+        job = _steal_lock_while_held(stack, pid, "read_pool", webhook)
+        _lock_lost(stack, job)
+        snap = PoolCache(stack.settings.model_dir, pid).load()
+        assert snap is not None and new not in snap.data
+        assert [p for p in stack.stand.projects[pid].predictions if p["task"] == new] == []
+        result = stack.wait_job(job, ("finished",), timeout=120)["result"]
+        assert (result["status"], result["present"], result["written"]) == ("scored", 1, 1)
+        assert [p["model_version"] for p in stack.stand.projects[pid].predictions if p["task"] == new] == [version]
+        # The cleanup job: the next cycle's version makes the first one stale.
+        stack.label_more(pid)
+        pdir = ProjectDir(stack.settings.model_dir, pid)
+        deletes = len(stack.stand.calls_to("DELETE", rf"/api/projects/{pid}/model-versions"))
+        # The cleanup job is queued when the cycle ends (a cycle does not read the project itself).
+        cleanup = _steal_lock_while_held(
+            stack,
+            pid,
+            "read_project",
+            lambda: str(stack.wait_job(stack.train(pid), ("finished",))["result"]["cleanup_job"]),
+        )
+        _lock_lost(stack, cleanup)
+        second = stack.store.current(pid)
+        assert len(stack.stand.calls_to("DELETE", rf"/api/projects/{pid}/model-versions")) == deletes
+        assert pdir.written_versions() == [version, second]
+        assert stack.wait_job(cleanup, ("finished",), timeout=120)["result"] == {
+            version: DEPTH + 1
+        }  # its slice and the task scored above
+        assert pdir.written_versions() == [second]
+
+
+@pytest.mark.integration
+def test_a_cycle_that_lost_its_lock_at_the_switch_appends_no_cycle_log_line(
+    redis_base_url: str, tmp_path: Path
+) -> None:
+    """Fault: the project lock passes to another owner while a cycle's last Label Studio call (the
+        switch of the queue) is in flight
+    Done: the cycle parked by the stand-in at the switch; the lock key overwritten with another
+        owner's token (expiring in 5 s); the switch released
+    Expected: the cycle stops with LockLost before its cycle-log line (its last write); RQ's retry
+        runs a whole cycle once the lock is free, which logs its line
+    Observed: as expected (before: the cycle log was appended without a check of the lock)
+    """
+    from tests.test_faults import running_stack
+
+    with running_stack(redis_base_url, tmp_path, workers=1) as (stack, _):
+        pid = stack.new_project()
+        stack.wait_job(stack.train(pid), ("finished",))
+        log = ProjectDir(stack.settings.model_dir, pid).cycle_log
+        lines = log.read_bytes().count(b"\n")
+        stack.label_more(pid)
+        job = _steal_lock_while_held(stack, pid, "switch", lambda: stack.train(pid))
+        _lock_lost(stack, job)
+        assert log.read_bytes().count(b"\n") == lines
+        stack.wait_job(job, ("finished",), timeout=120)
+        assert log.read_bytes().count(b"\n") == lines + 1
 
 
 def _half_sent(port: int, payload: bytes) -> socket.socket:
