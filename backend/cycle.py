@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,7 +26,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import KFold, StratifiedKFold
 
-from backend import pace, projects, selection, stopping, strategies
+from backend import clusters, pace, projects, selection, stopping, strategies
 from backend.config import ProjectConfig, Settings
 from backend.cycle_log import cycle_history, record_cycle
 from backend.features.cache import PoolEmbeddings
@@ -38,7 +38,7 @@ from backend.labelstudio import LabelStudioClient
 from backend.learner import TrainingSet, training_set
 from backend.models import BUILTIN, LearnerModel, Model, ModelRegistry, fit_checked, scorer_for, scorer_for_strategy
 from backend.models.base import call, check_proba
-from backend.pool import PoolCache, PoolSnapshot
+from backend.pool import PoolCache, PoolSnapshot, config_hash
 from backend.projectdir import ProjectDir, read_json, write_json
 from backend.selection import Prediction, Scorer
 from backend.store import ModelStore
@@ -103,6 +103,7 @@ class CycleReport:
     pool_uncertainty: float | None = None
     embeddings: dict[str, int] = field(default_factory=dict)  # tasks embedded now / reused from the pool cache
     labels_read: str | None = None  # full (the whole export) or hints (only the tasks webhooks named)
+    clusters: dict[str, Any] = field(default_factory=dict)  # the pool clusters: reused, extended or fitted; k
     finished_at: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -253,6 +254,8 @@ def run_cycle(deps: CycleDeps, project: int) -> CycleReport:
         pool_emb = pool_embeddings.rows(ids, inputs)
         labeled_emb = np.asarray(pool_embeddings.rows(ts.task_ids, ts.inputs))
         pool_embeddings.release()  # the task data can go; pool_emb reads the embedding matrix only
+    with _stage(report, progress, "clusters"):
+        pool_clusters = pool_cluster_ids(deps, project, spec, config, xml, ids, inputs, pool_emb, report)
     report.labels = len(ts.y)
     report.depth, report.pace = slice_depth(deps, project, config, report.labels)
     report.training_stats = ts.stats
@@ -262,7 +265,7 @@ def run_cycle(deps: CycleDeps, project: int) -> CycleReport:
     if reason is not None:
         report.status = "cold_start"
         report.training_stats["cold_start_reason"] = reason
-        _seed_order(deps, project, spec, config, report, ids, inputs, pool_emb)
+        _seed_order(deps, project, spec, config, report, ids, inputs, pool_clusters, pool_emb)
         deps.fence()
         record_cycle(deps.settings.model_dir, report)
         return report
@@ -299,7 +302,7 @@ def run_cycle(deps: CycleDeps, project: int) -> CycleReport:
         report.stability = stop_set_agreement(
             deps.settings, project, scorer_for(model), report.version, ids, inputs, fence=deps.fence
         )
-    _score_and_write(deps, project, spec, config, model, report, ids, inputs, ts, pool_emb, labeled_emb)
+    _score_and_write(deps, project, spec, config, model, report, ids, inputs, pool_clusters, ts, pool_emb, labeled_emb)
     deps.fence()
     record_cycle(deps.settings.model_dir, report)
     return report
@@ -362,6 +365,36 @@ def stop_set_agreement(
     fence()
     write_json(pdir.stop_predictions, {"version": version, "labels": now})
     return result
+
+
+def pool_cluster_ids(
+    deps: CycleDeps,
+    project: int,
+    spec: TaskSpec,
+    config: ProjectConfig,
+    label_config: str,
+    ids: list[int],
+    inputs: list[Any],
+    embeddings: Any,
+    report: CycleReport,
+) -> np.ndarray:
+    """Each pool task's cluster id (``ids`` order), stable across versions (backend/clusters.py): on
+    the texts' cached ``embeddings`` when the project has them, else on label-free features."""
+    path = ProjectDir(deps.settings.model_dir, project).pool_clusters
+    space = f"embeddings:{config.embedding_model}" if embeddings is not None else "label_free"
+    key = f"{space}:{config_hash(label_config)}"
+
+    def features() -> Any:
+        if embeddings is not None:
+            return embeddings
+        return selection.label_free_features(spec, inputs, deps.settings.seed, config.learner_params())
+
+    labels, kept, status = clusters.assign(clusters.load(path), ids, features, key, seed=deps.settings.seed)
+    if status != "reused":
+        deps.fence()
+        clusters.save(path, kept)
+    report.clusters = {"status": status, "k": kept.k}
+    return labels
 
 
 def _pool_embeddings(spec: TaskSpec, config: ProjectConfig, progress: Progress) -> PoolEmbeddings | None:
@@ -451,6 +484,7 @@ def _score_and_write(
     report: CycleReport,
     ids: list[int],
     inputs: list[Any],
+    pool_clusters: np.ndarray,
     ts: TrainingSet,
     embeddings: np.ndarray | None = None,
     labeled_embeddings: np.ndarray | None = None,
@@ -480,6 +514,8 @@ def _score_and_write(
             labeled_embeddings=labeled_embeddings,
         )
     report.pool_uncertainty = chosen.mean_informativeness
+    # The batch was spread over its own groups; Label Studio gets the pool's, which keep their meaning.
+    chosen = replace(chosen, clusters=pool_clusters[chosen.rows])
     assert report.version is not None
     _write(deps, project, report, chosen.predictions(spec, ids, report.version))
     if report.status != "partial_write":
@@ -534,9 +570,11 @@ def _seed_order(
     report: CycleReport,
     ids: list[int],
     inputs: list[Any],
+    pool_clusters: np.ndarray,
     embeddings: np.ndarray | None = None,
 ) -> None:
-    """Cold start: order the pool round-robin over clusters so the first labels cover the data."""
+    """Cold start: order the pool round-robin over clusters so the first labels cover the data
+    (Label Studio gets each task's pool cluster, as every version does)."""
     report.pool = len(ids)
     if len(ids) == 0:
         return
@@ -549,6 +587,7 @@ def _seed_order(
             learner_params=config.learner_params(),
             embeddings=embeddings,
         )
+    order = replace(order, clusters=pool_clusters[order.rows])
     version = f"seed-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
     report.version = version
     _write(deps, project, report, order.predictions(spec, ids, version))

@@ -15,6 +15,7 @@ Layout (every other module asks `ProjectDir` for these paths instead of joining 
                 snapshot.npz          ids, data (JSON) and per-task arrays; no pickle
                 events.jsonl          TASKS_CREATED / TASKS_DELETED since the snapshot
                 .events.lock          flock()ed around appends and the log's rotation
+                clusters.npz          each task's cluster id, kept across versions (clusters.py); no pickle
             CURRENT, history.jsonl, .lock, v<n>-<stamp>/   the model store (store.py)
 
 Files are created 0600. Two ways of writing, both crash-safe:
@@ -360,6 +361,11 @@ class ProjectDir:
     def pool_events(self) -> Path:
         """The pool's event log since the snapshot."""
         return self.pool / "events.jsonl"
+
+    @property
+    def pool_clusters(self) -> Path:
+        """Each pool task's cluster id, kept across versions (clusters.py): npz without pickle."""
+        return self.pool / "clusters.npz"
 
     @property
     def pool_events_lock(self) -> Path:

@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from backend import cycle, strategies
@@ -361,3 +362,63 @@ def test_every_write_of_a_cycle_and_of_its_jobs_comes_right_after_a_lock_check(
     with pytest.raises(LockLost):
         cycle.run_cycle(fenced, PID)
     assert trace.events[before:] == []
+
+
+# -- pool clusters: the cluster id Label Studio gets keeps its meaning across versions
+
+
+@pytest.mark.parametrize("text_features", ["tfidf", "tfidf+embedding"])
+def test_cluster_ids_are_the_pools_stable_across_versions_and_refitted_when_the_pool_changes_a_lot(
+    stand: FaultStand, deps: cycle.CycleDeps, sms: tuple[list[str], list[str]], text_features: str
+) -> None:
+    from backend import clusters
+
+    deps = replace(deps, settings=replace(deps.settings, text_features=text_features))
+    path = ProjectDir(deps.settings.model_dir, PID).pool_clusters
+    ids, y = sms_project(stand, sms)
+    label(stand, ids, y, range(3))
+    cold = cycle.run_cycle(deps, PID)
+    assert cold.clusters == {"status": "fitted", "k": 57 // clusters.TASKS_PER_CLUSTER}
+    first = clusters.load(path)
+    assert first is not None and first.ids.tolist() == ids[3:]
+
+    def written_clusters(version: str | None) -> dict[int, int]:
+        assert version is not None
+        return {p["task"]: p["cluster"] for p in written(stand, version)}
+
+    def pool_ids(of: clusters.PoolClusters, tasks: list[int]) -> list[int]:
+        return of.lookup(np.asarray(tasks, dtype=np.int64))[1].tolist()
+
+    seeded = written_clusters(cold.version)
+    assert len(seeded) == DEPTH and list(seeded.values()) == pool_ids(first, list(seeded))
+    # Labels arrive (tasks leave the pool, none is added): the same ids, nothing refitted or written.
+    label(stand, ids, y, first_rows_of_both_classes(y, 12))
+    trained = cycle.run_cycle(deps, PID)
+    assert trained.status == "trained" and trained.clusters["status"] == "reused"
+    same = clusters.load(path)
+    assert same is not None and (same.ids.tolist(), same.labels.tolist()) == (first.ids.tolist(), first.labels.tolist())
+    served = written_clusters(trained.version)
+    assert len(served) == DEPTH and list(served.values()) == pool_ids(first, list(served))
+    label(stand, ids, y, range(12, 16))
+    again = written_clusters(cycle.run_cycle(deps, PID).version)
+    both = set(again) & set(served) | set(again) & set(seeded)
+    assert all(again[t] == (served.get(t, seeded.get(t))) for t in both)
+    # A few new tasks join the clusters of their nearest members; the others keep theirs.
+    few = [stand.add_task(PID, t) for t in sms[0][200:203]]
+    PoolCache(deps.settings.model_dir, PID).add_tasks(
+        [{"id": i, "data": {"text": sms[0][200 + j]}} for j, i in enumerate(few)]
+    )
+    label(stand, ids, y, range(16, 17))
+    extended = cycle.run_cycle(deps, PID)
+    assert extended.clusters["status"] == "extended"
+    grown = clusters.load(path)
+    assert grown is not None and set(few) <= set(grown.ids.tolist())
+    kept = [t for t in grown.ids.tolist() if t not in few]
+    assert pool_ids(grown, kept) == pool_ids(first, kept)
+    # The pool changes a lot (60 new tasks for 43 left): the clusters are fitted afresh.
+    many = [stand.add_task(PID, t) for t in sms[0][300:360]]
+    PoolCache(deps.settings.model_dir, PID).add_tasks(
+        [{"id": i, "data": {"text": sms[0][300 + j]}} for j, i in enumerate(many)]
+    )
+    label(stand, ids, y, range(17, 18))
+    assert cycle.run_cycle(deps, PID).clusters == {"status": "fitted", "k": (43 + 3 + 60) // clusters.TASKS_PER_CLUSTER}
