@@ -20,6 +20,13 @@ Each cycle (:func:`assign`):
 Labeled tasks leave the pool and drop out of the file; that alone never refits. The batch selection
 still spreads a slice over its own per-batch groups (``selection.select``); only the written id is
 the pool's.
+
+What the rule can see: Label Studio counts an annotator's solved clusters from the predictions their
+labeled tasks still have (``Max('predictions__cluster')``), and lsal's cleanup deletes each replaced
+version, so it sees the tasks labeled since the last switch (and the previous version's until its
+cleanup). Stable ids make that window, and the step from the cold-start order to the first model,
+mean one thing; a longer memory would need lsal to keep a prediction on every labeled task, which
+would change the order Label Studio serves (least-solved cluster before lowest score).
 """
 
 from __future__ import annotations
