@@ -32,7 +32,7 @@ Progress = Callable[[str, int, int], None]
 
 # Pool rows transformed and scored at once: bounds the memory of a pass whatever the pool size.
 SCORE_CHUNK = 20_000
-# Cluster ids written to Label Studio per cycle (k-means cost grows with it).
+# Clusters of a slice's candidates, one per pick up to this (k-means cost grows with it).
 MAX_CLUSTERS = 50
 # Pool-level strategies run on the CANDIDATES_PER_PICK x depth (at least MIN_CANDIDATES) rows
 # ranked highest by the prefilter measure, which bounds their cost whatever the pool size.
@@ -84,7 +84,8 @@ class Prediction:
     """One prediction as lsal writes it to Label Studio (or answers it in ``/predict``).
 
     ``score`` is ``1 - informativeness`` (Label Studio's uncertainty sampling serves the lowest
-    first); ``cluster`` is the diversity group (None: not written); ``task`` is None in a
+    first); ``cluster`` is the task's cluster id (the cycle writes its pool cluster, kept across
+    versions: backend/clusters.py; None: not written); ``task`` is None in a
     ``/predict`` answer, which is positional.
     """
 
@@ -180,7 +181,7 @@ def predict(
 
     Pool-level strategies need the whole pool, so rows get their row measure
     (:attr:`strategies.Strategy.row_measure`, margin, without the strategy's ``params``).  No
-    cluster is written: it only means something within one clustered slice.
+    cluster is written: a new task gets its pool cluster at the next cycle (backend/clusters.py).
     """
     entry = strategies.get(strategy)
     X = learner.transform(inputs)
@@ -259,7 +260,8 @@ def select(
     candidates by the prefilter measure (margin); they get the labeled rows (``labeled_inputs``,
     ``labeled_y``) when their registry entry reads them.  Every candidate is clustered (one
     cluster per pick, at most :data:`MAX_CLUSTERS`) and batch strategies spread their picks over
-    those clusters, so the picks agree with the ``cluster`` field Label Studio sees.  ``params``
+    those clusters; the cycle then writes each pick's pool cluster (backend/clusters.py), whose ids
+    keep their meaning across versions.  ``params``
     are the strategy's own (a project's ``strategy_params``); the prefilter runs without them.
     ``embeddings`` / ``labeled_embeddings``: the rows' text embeddings from the pool cache (aligned
     with ``inputs`` / ``labeled_inputs``), so no text is embedded again.
@@ -307,8 +309,8 @@ def select(
     # docs/benchmarks.md, "What was tried"). Strategies that refit the model keep its features.
     space = X if embeddings is None else unit_rows(embeddings[cand_rows[ranked]])
     # One cluster per pick (cluster-margin, Citovsky et al. 2021), at most MAX_CLUSTERS: a batch then
-    # takes the most uncertain task of each region, and Label Studio's cluster rule serves them in
-    # that spread. Measured against sqrt(depth) + 1 clusters in docs/benchmarks.md.
+    # takes the most uncertain task of each region. Measured against sqrt(depth) + 1 clusters in
+    # docs/benchmarks.md.
     n_clusters = max(1, min(len(chosen), depth, MAX_CLUSTERS))
     clusters = strategies.cluster_ids(space, n_clusters, seed=seed)
     if entry.pointwise:
@@ -343,7 +345,7 @@ def select(
         if entry.param("batch_size") is not None:
             derived["batch_size"] = min(depth, len(chosen))
         if entry.param("clusters") is not None:
-            derived["clusters"] = clusters  # picks agree with the cluster field Label Studio sees
+            derived["clusters"] = clusters  # the batch's own groups (the cycle writes the pool's)
         if entry.param("typical") is not None and "typical" not in params and space is X:
             # Typicality weighting is measured in the text embedding space only (docs/benchmarks.md);
             # tabular, image and TF-IDF-only pools keep the measured plain cluster-margin.

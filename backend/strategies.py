@@ -1340,7 +1340,7 @@ def _entries() -> tuple[Strategy, ...]:
                     "clusters",
                     None,
                     np.ndarray,
-                    "a cluster id per row (the cycle passes the clusters it writes)",
+                    "a cluster id per row (the cycle passes its candidates' clusters)",
                     settable=False,
                 ),
                 _aggregate(),
