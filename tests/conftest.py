@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -250,3 +251,25 @@ class LsalServer:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def sms() -> tuple[list[str], list[str]]:
+    """The first 1,500 messages of the SMS Spam Collection (Almeida, Gómez Hidalgo & Yamakami, ACM
+    DOCENG'11; UCI, CC BY 4.0): texts, and labels as label_config/spam.xml names them."""
+    import csv
+
+    with open(DATASETS / "sms_spam" / "sms_spam.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))[:1500]
+    return [r["text"] for r in rows], ["spam" if r["label"] == "spam" else "no_spam" for r in rows]
+
+
+@pytest.fixture(scope="session")
+def learner(sms: tuple[list[str], list[str]]) -> Any:
+    """The built-in learner fitted on the first 100 of `sms` (spam.xml)."""
+    from backend.labelconfig import parse_label_config
+    from backend.learner import Learner
+
+    texts, y = sms
+    spec = parse_label_config((REPO / "label_config" / "spam.xml").read_text())
+    return Learner(spec, seed=0).fit(texts[:100], y[:100])

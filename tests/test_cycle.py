@@ -5,7 +5,6 @@ Data: the SMS Spam Collection (Almeida, Gómez Hidalgo & Yamakami, ACM DOCENG'11
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -22,24 +21,11 @@ from backend.learner import Learner, TrainingSet
 from backend.pool import PoolCache
 from backend.projectdir import ProjectDir
 from backend.store import ModelStore
-from tests.conftest import DATASETS, REPO
+from tests.conftest import REPO
 from tests.faultstand import FaultStand
 
 SPAM_XML = (REPO / "label_config" / "spam.xml").read_text()
 SPEC = parse_label_config(SPAM_XML)
-
-
-@pytest.fixture(scope="module")
-def sms() -> tuple[list[str], list[str]]:
-    with open(DATASETS / "sms_spam" / "sms_spam.csv", newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))[:1500]
-    return [r["text"] for r in rows], ["spam" if r["label"] == "spam" else "no_spam" for r in rows]
-
-
-@pytest.fixture(scope="module")
-def learner(sms: tuple[list[str], list[str]]) -> Learner:
-    texts, y = sms
-    return Learner(SPEC, seed=0).fit(texts[:100], y[:100])
 
 
 def test_cold_start_rules() -> None:

@@ -5,7 +5,6 @@ Data: the SMS Spam Collection (Almeida, Gómez Hidalgo & Yamakami, ACM DOCENG'11
 
 from __future__ import annotations
 
-import csv
 from typing import Any
 
 import numpy as np
@@ -15,23 +14,10 @@ from backend import selection, strategies
 from backend.labelconfig import parse_label_config
 from backend.learner import Learner
 from backend.selection import Prediction
-from tests.conftest import DATASETS, REPO
+from tests.conftest import REPO
 
 SPEC = parse_label_config((REPO / "label_config" / "spam.xml").read_text())
 MULTI = parse_label_config((REPO / "label_config" / "multilabel.xml").read_text())
-
-
-@pytest.fixture(scope="module")
-def sms() -> tuple[list[str], list[str]]:
-    with open(DATASETS / "sms_spam" / "sms_spam.csv", newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))[:1500]
-    return [r["text"] for r in rows], ["spam" if r["label"] == "spam" else "no_spam" for r in rows]
-
-
-@pytest.fixture(scope="module")
-def learner(sms: tuple[list[str], list[str]]) -> Learner:
-    texts, y = sms
-    return Learner(SPEC, seed=0).fit(texts[:100], y[:100])
 
 
 class CountingLearner:
