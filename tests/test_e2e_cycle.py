@@ -270,8 +270,15 @@ def test_new_tasks_are_scored_without_a_retrain(stack: Stack) -> None:
 def test_cli_train_wait_and_status(stack: Stack) -> None:
     stack.annotate(list(range(8)))  # no backend connected: no webhook; the CLI starts the cycle
     env = {**settings_env(stack.settings), "LSAL_SERVER": stack.server.url}
+    train = [sys.executable, "-m", "backend.cli", "train", "--project", str(stack.project)]
+    # A project whose /setup never reached lsal is refused, saying how to fix it (the webhook's rule).
+    refused = subprocess.run(train, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and f"project {stack.project} was never set up with lsal" in refused.stderr
+    # What Label Studio sends when the backend is connected or the project opened.
+    setup = {"project": f"{stack.project}.1700000000", "schema": SPAM_XML}
+    assert requests.post(f"{stack.server.url}/setup", json=setup, timeout=30).status_code == 200
     run = subprocess.run(
-        [sys.executable, "-m", "backend.cli", "train", "--project", str(stack.project), "--wait", "--timeout", "180"],
+        [*train, "--wait", "--timeout", "180"],
         env=env,
         cwd=REPO,
         capture_output=True,

@@ -45,7 +45,10 @@ def test_train_for_a_project_never_set_up_is_a_404_and_queues_nothing(
     this MODEL_DIR costs no job, no Redis key and no file."""
     before = set(redis_conn.scan_iter(f"{settings.queue_name}:*"))
     body = assert_error(client.post("/train", json={"project": 77}), 404, "project")
-    assert body["error"] == "project 77 was never set up with lsal (no /setup from Label Studio)"
+    assert body["error"] == (
+        "project 77 was never set up with lsal (no /setup from Label Studio yet: connect the backend,"
+        " or open the project in Label Studio)"
+    )
     assert queued_ids(settings, redis_conn) == []
     assert set(redis_conn.scan_iter(f"{settings.queue_name}:*")) == before
     assert not (settings.model_dir / "77").exists()

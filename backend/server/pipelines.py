@@ -25,7 +25,10 @@ def train(body: TrainRequest, jobs: JobsDep, settings: SettingsDep) -> dict[str,
     Studio never set up with lsal (the webhook's rule: such a project costs no job)."""
     queue = require_jobs(jobs)
     if not projects.is_set_up(settings.model_dir, body.project):
-        message = f"project {body.project} was never set up with lsal (no /setup from Label Studio)"
+        message = (
+            f"project {body.project} was never set up with lsal (no /setup from Label Studio yet: connect"
+            " the backend, or open the project in Label Studio)"
+        )
         raise ApiError(404, message, "project")
     enq = queue.request_cycle(body.project, "train")
     return {"job_id": enq.job_id, "created": enq.created}
