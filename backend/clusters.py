@@ -22,10 +22,10 @@ still spreads a slice over its own per-batch groups (``selection.select``); only
 the pool's.
 
 What the rule can see: Label Studio counts an annotator's solved clusters from the predictions their
-labeled tasks still have (``Max('predictions__cluster')``), and lsal's cleanup deletes each replaced
-version, so it sees the tasks labeled since the last switch (and the previous version's until its
-cleanup). Stable ids make that window, and the step from the cold-start order to the first model,
-mean one thing; a longer memory would need lsal to keep a prediction on every labeled task, which
+labeled tasks still have (``Max('predictions__cluster')``), and lsal's cleanup deletes the replaced
+versions (when no cycle waits), so it sees the tasks labeled since then, carrying the ids of several
+versions. Stable ids make those, and the step from the cold-start order to the first model, mean
+one thing; a longer memory would need lsal to keep a prediction on every labeled task, which
 would change the order Label Studio serves (least-solved cluster before lowest score).
 """
 
