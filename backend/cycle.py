@@ -319,6 +319,7 @@ def read_labels(deps: CycleDeps, project: int) -> tuple[list[dict[str, Any]], st
         deps.label_hints,
         lambda: client.labeled_tasks(project),
         lambda ids: client.labeled_tasks(project, ids),
+        fence=deps.fence,
     )
 
 

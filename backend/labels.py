@@ -51,15 +51,18 @@ class LabelCache:
         read_all: Callable[[], Tasks],
         read_ids: Callable[[Iterable[int]], Tasks],
         now: Callable[[], float] = time.time,
+        fence: Callable[[], None] = lambda: None,
     ) -> tuple[Tasks, str]:
         """The labeled tasks in id order, and how they were read: ``full`` or ``hints``.
 
         ``take_hints`` takes the tasks webhooks named (it clears them: called exactly once, after
         ``labels.dirty`` exists); ``read_all`` / ``read_ids`` read labeled tasks from Label Studio.
+        ``fence`` is called right before each write (the project lock: CycleDeps.fence).
         """
         saved = self.load()
         try:
             self.pdir.open()
+            fence()
             write_atomic(self.pdir.labels_dirty, b"")
         except OSError as exc:
             # Without the marker, hints taken now could be lost with nothing to say so: leave them
@@ -83,6 +86,8 @@ class LabelCache:
             how = "hints"
         ordered = [tasks[i] for i in sorted(tasks)]
         if how == "full" or hints.tasks:
+            fence()
             write_json(self.pdir.labels, {"full_read_at": full_read_at, "tasks": ordered})
+        fence()
         self.pdir.labels_dirty.unlink()
         return ordered, how

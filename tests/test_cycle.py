@@ -316,7 +316,10 @@ def test_every_write_of_a_cycle_and_of_its_jobs_comes_right_after_a_lock_check(
         real.check()
         trace.events.append("fence")
 
-    fenced = replace(deps, fence=check)
+    from backend.jobs import LabelHints
+
+    # Labels read through the label cache (a cycle's webhook hints), whose files are fenced too.
+    fenced = replace(deps, fence=check, label_hints=lambda: LabelHints(tasks=frozenset(), full=True))
     trace.install(monkeypatch, fenced)
     ids, y = sms_project(stand, sms)
     label(stand, ids, y, range(3))
@@ -338,7 +341,7 @@ def test_every_write_of_a_cycle_and_of_its_jobs_comes_right_after_a_lock_check(
     assert len(cycle.cleanup_stale(fenced, PID)) == 1
     kinds = {e.split(":")[0] + ":" + e.split(":")[1].split(".")[0] if ":" in e else e for e in trace.events}
     assert {"publish", "ls:POST", "ls:PATCH", "ls:DELETE", "append:cycles", "append:events"} <= kinds, kinds
-    assert {"file:snapshot", "file:written_versions", "file:stopset", "file:events"} <= kinds, kinds
+    assert {"file:snapshot", "file:written_versions", "file:stopset", "file:events", "file:labels"} <= kinds, kinds
     assert trace.unfenced() == [], [trace.events[max(0, i - 2) : i + 1] for i in trace.unfenced()]
 
     # The lock passes to another owner (its keep-alive failed and it expired): nothing more is written.
