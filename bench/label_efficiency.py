@@ -673,12 +673,8 @@ below) unless a bullet says otherwise:
     full-pool score 180 vs the earlier default's 150). Each run: `lsal simulate --data FILE
     --label-column label --text-column text --strategies random,diversity --initial 10 --batch 10
     --budget 300 --repeats 20 (10) --test-fraction 0.25 --seed 0 (100) --jobs 2`.
-  - *the committed form* (typicality floored for repeated texts; commit `f5fcc52`), sentiment with the
-    target's protocol (split seed 0, 10 repeats; random and diversity only, as the full run of
-    sentiment did not fit the machine time left): accuracy AULC 0.785 vs random 0.761 (macro-F1 0.783
-    vs 0.759), **10 of 10** repeats; 95% of the full-pool accuracy after 190 labels (random 290); Label
-    Studio's example backend's 300-label macro-F1 (0.716) after 40 labels (lsal's learner in random
-    order: 60). The SMS run below is the committed form.
+  - *the committed form* (typicality floored for repeated texts): the SMS and sentiment runs below
+    (the target's protocol: split seed 0, 10 repeats).
   - `embedding_weight=2`: stopped unfinished for machine time, not measured.
   - **Why `coreset` loses to random on SMS** (0.826 in the embedding space, 0.847 in [TF-IDF |
     embedding]; 0 of 10 repeats either way): the feature space is not the cause. k-center greedy
