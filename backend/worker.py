@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import shutil
 import threading
 import time
@@ -45,6 +46,11 @@ from backend.projectdir import ProjectDir
 from backend.store import ModelStore
 
 log = logging.getLogger("lsal.worker")
+
+#: niceness a worker process adds to its own: on shared cores the HTTP server's answers to Label
+#: Studio and Label Studio itself come before the background cycle (as for the /predict scoring
+#: process, backend/server/predict_pool.py)
+NICE = 5
 
 
 @functools.lru_cache(maxsize=4)
@@ -445,6 +451,10 @@ def run_worker(redis_url: str, queue_name: str, *, burst: bool = False, name: st
     bookkeeping then raises out of the work loop), the process waits for Redis and starts a fresh
     worker loop instead of exiting: a job cut off by the outage is re-run by RQ's maintenance.
     """
+    # A cycle can wait a moment; Label Studio's /health (1 s budget), /predict and the annotators'
+    # Label Studio on the same cores cannot. Measured with bench/bench_load.py (README, Load).
+    with contextlib.suppress(OSError):
+        os.nice(NICE)
     connection = redis.Redis.from_url(redis_url)
     queue = Queue(queue_name, connection=connection, serializer=SERIALIZER)
     # RQ takes from the first non-empty queue in this order: a stale-version cleanup never runs

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import pytest
 import redis
 from rq import Queue
 from rq.job import Job
 
 from backend.config import Settings
 from backend.jobs import SERIALIZER, Jobs, low_queue_name
-from backend.worker import run_worker
+from backend.worker import NICE, run_worker
+from tests.conftest import WorkerProcess, wait_for
 
 
 def test_the_worker_takes_the_low_queue_only_when_the_main_queue_is_empty(
@@ -26,3 +31,21 @@ def test_the_worker_takes_the_low_queue_only_when_the_main_queue_is_empty(
     assert all(j is not None and j.get_status() == "failed" for j in jobs)
     order = sorted(jobs, key=lambda j: j.started_at)  # type: ignore[union-attr,arg-type,return-value]
     assert [j.id for j in order] == [second.id, first.id, third.id]  # type: ignore[union-attr]
+
+
+def _nice(pid: int) -> int:
+    # /proc/<pid>/stat: field 19 is the nice value; the command name (field 2) may hold spaces.
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def test_a_worker_process_runs_below_the_http_servers_priority(settings: Settings, tmp_path: Path) -> None:
+    """A real `lsal worker` lowers its own CPU priority by NICE (the server keeps the cores first)."""
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    if ours + NICE > 19:
+        pytest.skip(f"this test runs at nice {ours}: a child cannot go {NICE} lower")
+    proc = WorkerProcess(settings, tmp_path / "worker.log")
+    try:
+        expected = ours + NICE
+        assert wait_for(lambda: _nice(proc.proc.pid) == expected, 30, what=f"worker nice {expected}")
+    finally:
+        proc.stop()
