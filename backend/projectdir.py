@@ -63,7 +63,8 @@ HISTORY_FILE = "history.jsonl"
 STORE_LOCK_FILE = ".lock"
 
 _PROJECT_RE = re.compile(r"[0-9]{1,18}", re.ASCII)  # re.ASCII: \d and isdigit() accept other digits
-_MAX_PROJECT = 10**18 - 1
+#: the largest project id lsal accepts (18 digits: a path component, and below every integer limit)
+MAX_PROJECT_ID = 10**18 - 1
 
 
 class ProjectIdError(ValueError):
@@ -74,7 +75,7 @@ def validate_project(project: object) -> int:
     """Return the project id as an int; accept only an int or a string of ASCII digits."""
     # bool is an int subclass, and True would silently become project 1.
     if isinstance(project, int) and not isinstance(project, bool):
-        if 0 <= project <= _MAX_PROJECT:
+        if 0 <= project <= MAX_PROJECT_ID:
             return project
     elif isinstance(project, str) and _PROJECT_RE.fullmatch(project):
         return int(project)

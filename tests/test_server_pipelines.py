@@ -56,7 +56,9 @@ def test_train_for_a_project_never_set_up_is_a_404_and_queues_nothing(
     assert client.post("/train", json={"project": 77}).status_code == 202
 
 
-@pytest.mark.parametrize("body", [{"project": "x"}, {"project": 0}, {}, {"project": 1.5}])
+@pytest.mark.parametrize(
+    "body", [{"project": "x"}, {"project": 0}, {}, {"project": 1.5}, {"project": 10**18}, {"project": 2**64}]
+)
 def test_train_bad_input(client: TestClient, body: dict) -> None:
     assert_error(client.post("/train", json=body), 400, "project")
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from backend.projectdir import MAX_PROJECT_ID
 from backend.store import StoreError, validate_project
 
 
@@ -95,7 +96,7 @@ class WebhookResponse(BaseModel):
 class TrainRequest(BaseModel):
     """`POST /train`: a pipeline asks for a cycle of one project."""
 
-    project: int = Field(gt=0)
+    project: int = Field(gt=0, le=MAX_PROJECT_ID)
 
 
 class TrainResponse(BaseModel):
