@@ -4,10 +4,10 @@
   ``~/.cache/lsal/ls-1.23.2``) unless it is there already; a file lock makes concurrent callers wait
   for one install.
 * :func:`session_template` builds, once per process and database kind, a migrated data dir with a
-  known user, a legacy token and a personal access token (PAT): LS's first start migrates its
-  database (~30-45 s).
-* :func:`start_label_studio` copies the template (``cp -a``, ~1.5 MB) and starts LS on a free port
-  (~5-10 s); :class:`LabelStudio` stops the whole process group.
+  known user and a legacy token: LS's first start migrates its database (~30-45 s).
+* :func:`start_label_studio` copies the template (``cp -a``, ~1.5 MB), starts LS on a free port
+  (~5-10 s) and creates the user's personal access token (PAT) on that instance; :class:`LabelStudio`
+  stops the whole process group.
 
 Two databases (label-studio.md §6): ``sqlite`` (LS's default; the database lives in the data dir) and
 ``postgresql`` (``DJANGO_DB=default`` + ``POSTGRE_*``; the server is ``$LSAL_TEST_POSTGRES``, default
@@ -19,8 +19,10 @@ killed run left behind without touching the databases of runs that are still ali
 How the PAT is obtained: the organisation is created with ``--enable-legacy-api-token`` (so the legacy
 ``--user-token`` works) and JWT API tokens stay enabled (``JWTSettings.api_tokens_enabled`` defaults
 to True), so ``POST /api/token/`` authenticated with the legacy token creates the user's PAT (a
-refresh JWT signed with the data dir's SECRET_KEY, stored in ``<data dir>/.env``, so it stays valid in
-every copy of the template).
+refresh JWT signed with the data dir's SECRET_KEY). Each instance creates its own rather than every
+copy reusing one made with the template: a CI run once had every SQLite copy reject the template's
+PAT as "Token is invalid" (a bad signature, or PyJWT's ``iat``-in-the-future check after the clock
+stepped back; LS verifies with zero leeway), which a token minted by the running instance avoids.
 
 Pytest wiring (one instance per test module and database), in tests/conftest.py::
 
@@ -47,7 +49,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -486,7 +488,7 @@ def create_pat(url: str, legacy_token: str) -> str:
 
 
 def build_template(root: Path, database: str = "sqlite", postgres: Postgres | None = None) -> Template:
-    """Migrate a fresh data dir (and database) under ``root``, create user, legacy token and PAT.
+    """Migrate a fresh data dir (and database) under ``root``, create user and legacy token.
 
     LS is stopped after. On PostgreSQL the migrated database is the template each instance copies;
     the caller drops it (``drop_template``) when done.
@@ -513,7 +515,6 @@ def build_template(root: Path, database: str = "sqlite", postgres: Postgres | No
     ls = LabelStudio(executable, data_dir, creds, workdir=root, postgres=postgres, pg_database=pg_template)
     try:
         ls.start(timeout=FIRST_START_TIMEOUT_S)
-        creds = Credentials(creds.email, creds.password, creds.legacy_token, create_pat(ls.url, creds.legacy_token))
     except BaseException:
         ls.stop()
         if postgres is not None and pg_template:
@@ -561,7 +562,9 @@ def start_label_studio(template: Template, workdir: Path, *, timeout: float = ST
         owns_database=pg_database is not None,
     )
     try:
-        return ls.start(timeout=timeout)
+        ls.start(timeout=timeout)
+        ls.credentials = replace(ls.credentials, pat=create_pat(ls.url, ls.legacy_token))
+        return ls
     except BaseException:
         ls.stop()  # also drops its database
         raise
