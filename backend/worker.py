@@ -174,13 +174,15 @@ def forget_unknown_project(deps: CycleDeps, jobs: Jobs, project: int) -> bool:
 
     Removed: its Redis keys (markers, counters, task hints), its metric series, its setup record
     and its pool cache, so a deleted (or made-up) project costs nothing from here on. Model
-    versions stay: they are the admin's to delete (`MODEL_DIR/<project>/`)."""
+    versions stay: they are the admin's to delete (`MODEL_DIR/<project>/`). The caller holds the
+    project lock; ``deps.fence`` is checked before anything is removed (LockLost: nothing is)."""
     try:
         deps.client.get_project(project, fields=())
         return False
     except LabelStudioError as exc:
         if exc.status != 404:
             return False
+    deps.fence()
     jobs.forget_project(project)
     forget_metrics(jobs.redis, jobs.queue_name, project)
     pdir = ProjectDir(deps.settings.model_dir, project)
@@ -218,10 +220,14 @@ def cycle_job(project: int, reason: str) -> dict[str, Any]:
                 fence=fence.check,
                 label_hints=lambda: jobs.take_label_hints(project),
             )
-            report = run_cycle(fenced_deps, project)
+            try:
+                report = run_cycle(fenced_deps, project)
+            except LabelStudioError as exc:
+                # Still under the lock: what is removed is removed by its one writer.
+                if exc.status == 404 and forget_unknown_project(fenced_deps, jobs, project):
+                    return {"status": "unknown_project", "project": project, "reason": reason}
+                raise
     except LabelStudioError as exc:
-        if exc.status == 404 and forget_unknown_project(deps, jobs, project):
-            return {"status": "unknown_project", "project": project, "reason": reason}
         _fail(job, f"Label Studio: {exc}")
         record_cycle_failure(job.connection, settings.queue_name, project)
         raise
