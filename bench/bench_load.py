@@ -13,7 +13,14 @@ Throughout the load, the attacks of issue 12 run too (unless --no-attacks): four
 line each, reopened when the server closes them); 500 made-up projects sent START_TRAINING and
 TASKS_DELETED; forged TASKS_CREATED for real and made-up task ids; a 1 MB label config of 40,000
 choices to /setup; clients hanging up in the middle of a body. /health is polled every 100 ms
-(Label Studio allows it 1 s): its latency is reported, with every answer slower than 1 s counted.
+(Label Studio allows it 1 s): its latency is reported, with every answer slower than 1 s counted,
+beside the latency the server itself logged for /health (`server_side`).
+
+Each side runs where its counterpart in production would: the /health poller (Label Studio) in a
+process of its own, the attacks (remote hosts) in another, at `nice -n 10` (ATTACK_NICE, reported as
+`attack_nice`), so on this 2-core machine they take CPU after the server rather than before it; the
+load generator and the stand-in Label Studio in this process. Threads sharing one process wait for
+each other's GIL, and that wait would be counted as /health latency.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import re
 import shutil
 import subprocess
@@ -32,7 +40,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import requests
@@ -44,6 +52,18 @@ from backend.config import Settings  # noqa: E402
 from tests.conftest import LsalServer, WorkerProcess, wait_for  # noqa: E402
 from tests.faultstand import FaultStand  # noqa: E402
 from tests.lsharness import free_port  # noqa: E402
+
+#: niceness of the attackers' process: remote hosts in production, they should not take this
+#: machine's CPU before the server does
+ATTACK_NICE = 10
+
+
+class Target(NamedTuple):
+    """The server under attack, as the attackers' process knows it."""
+
+    url: str
+    port: int
+
 
 SPAM_XML = (REPO / "label_config" / "spam.xml").read_text()
 KEY = "bench-legacy-key-0123456789"
@@ -57,6 +77,10 @@ def main() -> int:
     ap.add_argument("--no-attacks", action="store_true", help="the mixed load alone")
     ap.add_argument("--attacks", default=",".join(ATTACKS), help=f"comma-separated subset of {', '.join(ATTACKS)}")
     args = ap.parse_args()
+    chosen = [] if args.no_attacks else [name for name in args.attacks.split(",") if name]
+    unknown = sorted(set(chosen) - set(ATTACKS))
+    if unknown:
+        ap.error(f"unknown attacks: {', '.join(unknown)}")
 
     tmp = Path(tempfile.mkdtemp(prefix="lsal-bench-load-"))
     redis_proc = None
@@ -85,34 +109,29 @@ def main() -> int:
             job = s.post(f"{server.url}/train", json={"project": 1}, timeout=10).json()["job_id"]
             wait_for(lambda: s.get(f"{server.url}/jobs/{job}", timeout=5).json()["state"] == "finished", 180, 0.5,
                      "first model")  # fmt: skip
-            stop = threading.Event()
-            # /health is polled from its own process: in this one, the load and attack threads
-            # compete for the GIL and would add their own delays to the figure.
+            # The poller and the attackers in processes of their own (see the module docstring).
             ctx = multiprocessing.get_context("spawn")
             health_out = ctx.Queue()
-            health_stop = ctx.Event()
-            poller = ctx.Process(target=_poll_health, args=(server.url, health_stop, health_out), daemon=True)
+            stop = ctx.Event()
+            poller = ctx.Process(target=_poll_health, args=(server.url, stop, health_out), daemon=True)
             poller.start()
-            threads: list[threading.Thread] = []
-            attacks: dict[str, int] = {}
-            if not args.no_attacks:
-                chosen = [ATTACKS[name] for name in args.attacks.split(",") if name]
-                threads += [threading.Thread(target=fn, args=(server, stop, attacks), daemon=True) for fn in chosen]
-            for t in threads:
-                t.start()
+            attack_out = ctx.Queue()
+            attacker = ctx.Process(target=_run_attacks, args=(server.url, server.port, chosen, stop, attack_out),
+                                   daemon=True)  # fmt: skip
+            attacker.start()
             result = run_load(server.url, args.rate, args.duration)
             stop.set()
-            health_stop.set()
             health: list[float] = health_out.get(timeout=60)
+            attacks: dict[str, int] = attack_out.get(timeout=60)
             poller.join(timeout=10)
-            for t in threads:
-                t.join(timeout=30)
+            attacker.join(timeout=10)
             result["cycles_finished_during_load"] = _cycles(worker.log())
             h = np.array(health)
             result["health"] = {"n": len(h), "p50_ms": round(float(np.percentile(h, 50)), 1),
                                 "p99_ms": round(float(np.percentile(h, 99)), 1), "max_ms": round(float(h.max()), 1),
                                 "over_1s": int((h > 1000).sum())}  # fmt: skip
             result["attacks"] = attacks
+            result["attack_nice"] = ATTACK_NICE if chosen else None
             log = server.log()
             # The same latencies as the server logged them (from the app's entry to its answer):
             # the difference to the client's figures is queueing outside the app and the client.
@@ -144,11 +163,28 @@ def _poll_health(url: str, stop: Any, out: Any) -> None:
     out.put(latencies)
 
 
+def _run_attacks(url: str, port: int, names: list[str], stop: Any, out: Any) -> None:
+    """In the attackers' process, at ATTACK_NICE: run the named attacks until `stop` is set; put
+    their counts on `out`."""
+    os.nice(ATTACK_NICE)
+    target = Target(url, port)
+    attacks: dict[str, int] = {}
+    done = threading.Event()
+    threads = [threading.Thread(target=ATTACKS[name], args=(target, done, attacks), daemon=True) for name in names]
+    for t in threads:
+        t.start()
+    stop.wait()
+    done.set()
+    for t in threads:
+        t.join(timeout=30)
+    out.put(attacks)
+
+
 def _count(attacks: dict[str, int], name: str, n: int = 1) -> None:
     attacks[name] = attacks.get(name, 0) + n
 
 
-def _big_predicts(server: LsalServer, stop: threading.Event, attacks: dict[str, int]) -> None:
+def _big_predicts(server: Target, stop: threading.Event, attacks: dict[str, int]) -> None:
     text = ("win a free prize now " * 50_000)[:1_000_000]
     body = json.dumps({"tasks": [{"id": i, "data": {"text": text}} for i in range(60)], "project": "1.1700000000",
                        "label_config": SPAM_XML}).encode()  # fmt: skip
@@ -169,7 +205,7 @@ def _big_predicts(server: LsalServer, stop: threading.Event, attacks: dict[str, 
         w.join()
 
 
-def _slowloris(server: LsalServer, stop: threading.Event, attacks: dict[str, int]) -> None:
+def _slowloris(server: Target, stop: threading.Event, attacks: dict[str, int]) -> None:
     import socket
 
     held: list[socket.socket] = []
@@ -203,7 +239,7 @@ def _slowloris(server: LsalServer, stop: threading.Event, attacks: dict[str, int
         sock.close()
 
 
-def _made_up_projects(server: LsalServer, stop: threading.Event, attacks: dict[str, int]) -> None:
+def _made_up_projects(server: Target, stop: threading.Event, attacks: dict[str, int]) -> None:
     s = requests.Session()
     pid = 100_000
     while not stop.is_set():
@@ -214,7 +250,7 @@ def _made_up_projects(server: LsalServer, stop: threading.Event, attacks: dict[s
         stop.wait(0.05)
 
 
-def _forged_tasks(server: LsalServer, stop: threading.Event, attacks: dict[str, int]) -> None:
+def _forged_tasks(server: Target, stop: threading.Event, attacks: dict[str, int]) -> None:
     s = requests.Session()
     while not stop.is_set():
         tasks = [{"id": 1, "data": {"text": "win free prize cash"}}, {"id": 9_999_999, "data": {"text": "x"}}]
@@ -224,7 +260,7 @@ def _forged_tasks(server: LsalServer, stop: threading.Event, attacks: dict[str, 
         stop.wait(0.2)
 
 
-def _huge_config(server: LsalServer, stop: threading.Event, attacks: dict[str, int]) -> None:
+def _huge_config(server: Target, stop: threading.Event, attacks: dict[str, int]) -> None:
     choices = "".join(f'<Choice value="c{i}"/>' for i in range(40_000)) + '<Choice value="c7"/>'
     xml = f'<View><Text name="text" value="$text"/><Choices name="c" toName="text">{choices}</Choices></View>'
     s = requests.Session()
@@ -234,7 +270,7 @@ def _huge_config(server: LsalServer, stop: threading.Event, attacks: dict[str, i
         stop.wait(0.5)
 
 
-def _hang_ups(server: LsalServer, stop: threading.Event, attacks: dict[str, int]) -> None:
+def _hang_ups(server: Target, stop: threading.Event, attacks: dict[str, int]) -> None:
     import socket
 
     head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
