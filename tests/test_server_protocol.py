@@ -419,3 +419,36 @@ def test_a_predict_that_must_read_a_new_model_reads_it_off_the_event_loop(
         resp = client.post("/predict", json=predict_body(["win cash now"]))
         assert resp.json()["results"][0]["model_version"] == version
     assert loads == [False]  # read once, in a worker thread; the second request used the cache
+
+
+def test_health_pings_redis_while_the_shared_thread_pool_is_full(settings: Settings, redis_conn: redis.Redis) -> None:
+    """Every token of the shared thread pool (where /webhook and sync endpoints run) is held by a
+    blocked call: /health still gets its Redis PING answered ("ok"), from the probe's own thread."""
+    import threading
+
+    import anyio.to_thread
+    import httpx
+
+    from backend.server.app import create_app
+
+    release = threading.Event()
+
+    async def scenario() -> dict[str, Any]:
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = 2
+        blocked = [asyncio.ensure_future(anyio.to_thread.run_sync(release.wait)) for _ in range(2)]
+        try:
+            while limiter.borrowed_tokens < 2:
+                await asyncio.sleep(0.01)
+            transport = httpx.ASGITransport(app=create_app(settings))
+            async with httpx.AsyncClient(transport=transport, base_url="http://lsal") as client:
+                # A deadline only so that a PING queued behind the pool fails instead of hanging.
+                body: dict[str, Any] = (await asyncio.wait_for(client.get("/health"), 10)).json()
+            return body
+        finally:
+            release.set()
+            await asyncio.gather(*blocked)
+
+    body = asyncio.run(scenario())
+    assert body["status"] == "UP"
+    assert body["redis"] == "ok"

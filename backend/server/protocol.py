@@ -11,9 +11,9 @@ import asyncio
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import anyio
 import redis
 import requests
 from fastapi import APIRouter, Request
@@ -71,6 +71,8 @@ INLINE_PREDICT_TASKS = 64
 #: seconds after which /health starts a fresh Redis PING, and how long it waits for one
 PROBE_INTERVAL = 1.0
 FRESH_WAIT = 0.25
+#: how long the first /health of a process waits for its first PING (then: "unavailable" until one answers)
+FIRST_WAIT = 0.5
 INLINE_PREDICT_BYTES = 64 * 1024
 # The body is parsed by the handler (FastAPI would parse a 60 MB body on the event loop), so the
 # OpenAPI document gets its schema here.
@@ -108,15 +110,18 @@ class RedisProbe:
     1.7 s inside the app in bench_load), and an asyncio client's round trips wait for the busy
     loop (p50 1.2 s), while Label Studio allows /health 1 s. So a PING runs in the background when
     the last answer is older than PROBE_INTERVAL; /health waits for it at most FRESH_WAIT (a
-    stopped Redis refuses at once) and otherwise reports the previous answer. Only the first
-    /health waits for its PING. A request that meets a Redis error marks Redis unavailable at
-    once (app.redis_error)."""
+    stopped Redis refuses at once) and otherwise reports the previous answer; the first /health
+    waits at most FIRST_WAIT. The PING has a thread of its own: in the shared thread pool it
+    queued behind up to 40 webhook handlers (the first /health of an HTTP process took 0.93 s in
+    bench_load). A request that meets a Redis error marks Redis unavailable at once
+    (app.redis_error)."""
 
     def __init__(self, connection: redis.Redis) -> None:
         self.connection = connection
         self._state: str | None = None
         self._checked = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="lsal-redis-probe")
 
     async def state(self) -> str:
         """ "ok" or "unavailable": the latest PING's answer (at most ~PROBE_INTERVAL s old)."""
@@ -126,7 +131,7 @@ class RedisProbe:
         if self._task is None and (self._state is None or time.monotonic() - self._checked >= PROBE_INTERVAL):
             self._task = loop.create_task(self._refresh())
         if self._task is not None:
-            await asyncio.wait({self._task}, timeout=None if self._state is None else FRESH_WAIT)
+            await asyncio.wait({self._task}, timeout=FIRST_WAIT if self._state is None else FRESH_WAIT)
         return self._state or "unavailable"
 
     def mark_unavailable(self) -> None:
@@ -142,7 +147,7 @@ class RedisProbe:
 
     async def _refresh(self) -> None:
         try:
-            state = await anyio.to_thread.run_sync(self._ping)
+            state = await asyncio.get_running_loop().run_in_executor(self._thread, self._ping)
             self._state, self._checked = state, time.monotonic()
         finally:
             self._task = None
