@@ -22,6 +22,7 @@ Redis keys (all under the deployment's queue name, like every other lsal key):
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -431,6 +432,15 @@ def route_template(scope: Scope, routes: Iterable[BaseRoute] = ()) -> str:
     return str(partial) if partial else UNMATCHED
 
 
+STOPPING_BODY = json.dumps({"error": "the server is stopping; retry", "field": None}).encode()
+STOPPING_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(STOPPING_BODY)).encode()),
+    (b"retry-after", b"1"),
+    (b"connection", b"close"),
+]
+
+
 class RequestMetrics:
     """Pure-ASGI middleware: one latency observation and one log line per HTTP request.
 
@@ -450,15 +460,24 @@ class RequestMetrics:
             return
         start = time.perf_counter()
         status = 500  # what the client sees if the app raises before starting a response
+        started = False
 
         async def send_and_note(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = int(message["status"])
+                status, started = int(message["status"]), True
             await send(message)
 
         try:
             await self.app(scope, receive, send_and_note)
+        except asyncio.CancelledError:
+            # Only uvicorn cancels a request's task: the server is stopping and its grace period
+            # ended (a large /predict, a slow body). The client gets a 503 it may retry, and the
+            # stop stays quiet: re-raised, uvicorn would log the cancellation as a traceback.
+            if not started:
+                status = 503
+                await send({"type": "http.response.start", "status": 503, "headers": STOPPING_HEADERS})
+                await send({"type": "http.response.body", "body": STOPPING_BODY})
         finally:
             if scope.get("lsal.client_gone"):
                 status = 499  # client closed the request (nginx's code): no answer was possible

@@ -102,6 +102,48 @@ def test_observe_request_buckets_and_registries_are_per_instance(settings: Setti
     assert f"{name}_count" not in names(scrape(second))
 
 
+def test_a_request_cancelled_by_a_stopping_server_is_answered_503_without_a_traceback(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """uvicorn cancels the requests still running when its grace period ends: the client gets a
+    503 JSON it may retry, the cancellation does not escape to uvicorn (which logs it as a
+    traceback), and the request is logged and counted as a 503."""
+    import asyncio
+
+    metrics = Metrics(settings)
+    entered = asyncio.Event()
+    sent: list[dict] = []
+
+    async def slow_app(scope: dict, receive: object, send: object) -> None:
+        entered.set()
+        await asyncio.Event().wait()  # a large /predict still scoring
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def scenario() -> None:
+        scope = {"type": "http", "method": "POST", "path": "/predict", "headers": []}
+        task = asyncio.ensure_future(RequestMetrics(slow_app, metrics)(scope, receive, send))
+        await entered.wait()
+        task.cancel()
+        await task  # raises CancelledError if the middleware lets it through
+
+    with caplog.at_level(logging.INFO, logger="lsal.http"):
+        asyncio.run(scenario())
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert sent[0]["status"] == 503
+    assert (b"retry-after", b"1") in sent[0]["headers"]
+    assert json.loads(sent[1]["body"]) == {"error": "the server is stopping; retry", "field": None}
+    assert [r.getMessage().split(" ms=")[0] for r in caplog.records if r.name == "lsal.http"] == [
+        f"method=POST route={UNMATCHED} status=503"
+    ]
+    assert value(scrape(metrics), "lsal_http_request_duration_seconds_count", method="POST", route=UNMATCHED,
+                 status="503") == 1.0  # fmt: skip
+
+
 def test_middleware_labels_by_route_template_and_logs_one_line(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
