@@ -421,6 +421,46 @@ def test_a_predict_that_must_read_a_new_model_reads_it_off_the_event_loop(
     assert loads == [False]  # read once, in a worker thread; the second request used the cache
 
 
+def test_the_first_predict_with_a_cached_version_runs_off_the_event_loop(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store caches a version's model before its first prediction has loaded what the model
+    loads on first use (the text embedder: 0.8 s of stalled event loop per HTTP process in
+    bench_load, when a request arrived while the first one was still predicting). Until a
+    prediction with the version has completed, /predict runs in a thread; then inline.
+    Broken once: the store's cache alone decided, and the embedder loaded on the event loop."""
+    from backend.features import embeddings
+    from backend.labelconfig import parse_label_config
+    from backend.server.app import create_app
+    from backend.server.guard import Guard
+
+    version = publish_spam_model(settings)
+    app = create_app(settings)
+    spec = parse_label_config(SPAM_XML)
+    assert app.state.store.load(3, lambda path: ModelRegistry().load_version(path, spec))[0] == version
+    embeddings.load.cache_clear()  # as in a fresh HTTP process: the model cached, the embedder not yet
+    original = embeddings._load_wordllama
+    on_loop: list[bool] = []
+
+    def recording() -> Any:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return original()
+
+    monkeypatch.setattr(embeddings, "_load_wordllama", recording)
+    client = TestClient(Guard(app, settings))
+    try:
+        for _ in range(2):
+            resp = client.post("/predict", json=predict_body(["win cash now"]))
+            assert resp.json()["results"][0]["model_version"] == version
+    finally:
+        embeddings.load.cache_clear()  # the recording loader's result must not serve later tests
+    assert on_loop == [False]
+
+
 def test_health_pings_redis_while_the_shared_thread_pool_is_full(settings: Settings, redis_conn: redis.Redis) -> None:
     """Every token of the shared thread pool (where /webhook and sync endpoints run) is held by a
     blocked call: /health still gets its Redis PING answered ("ok"), from the probe's own thread."""

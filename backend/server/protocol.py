@@ -203,9 +203,12 @@ async def predict(
         body = PredictRequest.model_validate_json(raw)
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
-    if len(body.tasks) <= INLINE_PREDICT_TASKS and not _is_image(body, lookup) and not _needs_load(body, store):
+    if len(body.tasks) <= INLINE_PREDICT_TASKS and not _is_image(body, lookup) and _is_warm(request.app, body, store):
         return JSONResponse(predict_tasks(body, settings, store, lookup, models))
-    return JSONResponse(await run_in_threadpool(predict_tasks, body, settings, store, lookup, models))
+    result = await run_in_threadpool(predict_tasks, body, settings, store, lookup, models)
+    if "model_version" in result:
+        _warm_versions(request.app)[request_project(body)] = result["model_version"]
+    return JSONResponse(result)
 
 
 def predict_pool(app: Any, settings: Settings) -> PredictPool:
@@ -216,13 +219,29 @@ def predict_pool(app: Any, settings: Settings) -> PredictPool:
     return pool
 
 
-def _needs_load(body: PredictRequest, store: ModelStore) -> bool:
-    # A new version's model takes ~0.1-0.3 s to read (skops): never on the event loop. Every cycle
-    # publishes one, so inline predictions would stall /health once per cycle per HTTP process.
+def _is_warm(app: Any, body: PredictRequest, store: ModelStore) -> bool:
+    """Whether this process already answered a prediction with the project's current version.
+
+    The first one reads the version's model (skops, ~0.1-0.3 s) and whatever the model loads on
+    first use (the text embedder's weights: 0.8 s of event loop in bench_load), so it runs in a
+    thread. Every cycle publishes a version: inline, each would stall /health once per cycle per
+    HTTP process."""
     try:
-        return store.needs_load(request_project(body))
+        project = request_project(body)
+        version = store.current(project)
+        if version is None:
+            return True  # no model: an empty answer, nothing to load
+        return not store.needs_load(project) and _warm_versions(app).get(project) == version
     except (ApiError, StoreError):
-        return False  # predict_tasks answers the same error
+        return True  # predict_tasks answers the same error
+
+
+def _warm_versions(app: Any) -> dict[int, str]:
+    # project -> the version last answered off the event loop (one entry per project)
+    warm: dict[int, str] | None = getattr(app.state, "warm_versions", None)
+    if warm is None:
+        warm = app.state.warm_versions = {}
+    return warm
 
 
 def _is_image(body: PredictRequest, lookup: ProjectLookup) -> bool:
