@@ -13,8 +13,10 @@ Throughout the load, the attacks of issue 12 run too (unless --no-attacks): four
 line each, reopened when the server closes them); 500 made-up projects sent START_TRAINING and
 TASKS_DELETED; forged TASKS_CREATED for real and made-up task ids; a 1 MB label config of 40,000
 choices to /setup; clients hanging up in the middle of a body. /health is polled every 100 ms
-(Label Studio allows it 1 s): its latency is reported, with every answer slower than 1 s counted,
-beside the latency the server itself logged for /health (`server_side`).
+(Label Studio allows it 1 s): its latency is reported, with every answer slower than 1 s counted
+(and when, `over_1s_at_s`), beside the latency the server itself logged for /health
+(`server_side`) and, as the control, the same poller's latency to a trivial HTTP server in a
+process of its own (`control_health`: what the machine's load alone costs a round trip).
 
 Each side runs where its counterpart in production would: the /health poller (Label Studio) in a
 process of its own, the attacks (remote hosts) in another, at `nice -n 10` (ATTACK_NICE, reported as

