@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,7 +45,7 @@ def _processes(client: TestClient) -> list[Any]:
 
 
 def test_a_large_body_is_scored_in_another_process_with_the_small_bodys_answer(
-    settings: Settings, redis_conn: redis.Redis
+    settings: Settings, redis_conn: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Fault: /predict bodies over 64 KB (issue 12: 4 concurrent bodies of 60 tasks x 1 MB kept /health
     from answering for 8.9 s while parsed and scored on the event loop or in threads of the HTTP process)
@@ -52,9 +53,18 @@ def test_a_large_body_is_scored_in_another_process_with_the_small_bodys_answer(
       INLINE_PREDICT_BYTES; then bad large bodies (a non-integer task id, a bad project, no tasks,
       an unsupported config, truncated JSON); then the app stopped
     Expected: the large body is answered by another process with exactly the small body's answer;
-      its client errors are the small body's 4xx JSON bodies; the process ends with the app
+      its client errors are the small body's 4xx JSON bodies; each body handed over in a temporary
+      file, none left behind; the process ends with the app
     Observed: as expected (broken once: with every body scored inline no pool process exists)
     """
+    import tempfile
+
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spill))
+    spilled: list[int] = []
+    original_spill = predict_pool._spill
+    monkeypatch.setattr(predict_pool, "_spill", lambda raw: spilled.append(len(raw)) or original_spill(raw))
     version = publish_spam_model(settings)
     with client_for(settings) as client:
         small = client.post("/predict", json=predict_body(TEXTS))
@@ -78,6 +88,8 @@ def test_a_large_body_is_scored_in_another_process_with_the_small_bodys_answer(
         truncated = client.post("/predict", content=b'{"tasks": [' + b" " * INLINE_PREDICT_BYTES)
         assert (truncated.status_code, truncated.json()) == (400, {"error": "malformed JSON body", "field": "body"})
     assert not proc.is_alive()  # the app's lifespan stopped it
+    assert len(spilled) == 6 and min(spilled) > INLINE_PREDICT_BYTES
+    assert list(spill.iterdir()) == []
 
 
 def test_over_long_texts_are_cut_at_max_text_chars_and_still_predicted(
