@@ -31,8 +31,6 @@ would change the order Label Studio serves (least-solved cluster before lowest s
 
 from __future__ import annotations
 
-import json
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +40,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from backend import strategies
-from backend.projectdir import atomic_file
+from backend.projectdir import atomic_file, read_npz, write_npz
 
 #: clusters fitted per pool (Label Studio's cluster field) ...
 POOL_CLUSTERS = 50
@@ -76,29 +74,21 @@ class PoolClusters:
 
 def load(path: Path) -> PoolClusters | None:
     """The saved clusters, or None when there are none (or the file is not one of ours)."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            meta = json.loads(npz["meta"].tobytes())
-            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-                return None
-            ids, labels = npz["ids"].astype(np.int64), npz["labels"].astype(np.int64)
-            if len(ids) != len(labels):
-                return None
-            return PoolClusters(ids, labels, str(meta["features"]), int(meta["k"]), int(meta["fitted_on"]))
-    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError):
-        return None
+
+    def read(npz: Any, meta: dict[str, Any]) -> PoolClusters | None:
+        ids, labels = npz["ids"].astype(np.int64), npz["labels"].astype(np.int64)
+        if len(ids) != len(labels):
+            return None
+        return PoolClusters(ids, labels, str(meta["features"]), int(meta["k"]), int(meta["fitted_on"]))
+
+    return read_npz(path, FORMAT, read)
 
 
 def save(path: Path, clusters: PoolClusters) -> None:
     """Write ``clusters`` atomically and durably as an npz (no pickled member)."""
     meta = {"format": FORMAT, "features": clusters.features, "k": clusters.k, "fitted_on": clusters.fitted_on}
     with atomic_file(path) as f:
-        np.savez(
-            f,
-            meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-            ids=clusters.ids,
-            labels=clusters.labels,
-        )
+        write_npz(f, meta, {"ids": clusters.ids, "labels": clusters.labels})
 
 
 def _centres(X: Any, rows: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,6 @@ import io
 import json
 import os
 import time
-import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,17 @@ from typing import Any
 
 import numpy as np
 
-from backend.projectdir import ProjectDir, append_line, atomic_file, complete_lines, make_private_dir, write_atomic
+from backend.projectdir import (
+    ProjectDir,
+    append_line,
+    atomic_file,
+    complete_lines,
+    json_member,
+    make_private_dir,
+    read_npz,
+    write_atomic,
+    write_npz,
+)
 
 SNAPSHOT_FORMAT = 2  # 1 was a pickle (snapshot.pkl), never read again
 _ARRAY_PREFIX = "array."
@@ -89,50 +98,39 @@ def config_hash(label_config: str) -> str:
     return hashlib.sha256(label_config.encode()).hexdigest()[:16]
 
 
-def _json_bytes(value: Any) -> np.ndarray:
-    return np.frombuffer(json.dumps(value, separators=(",", ":")).encode(), dtype=np.uint8)
-
-
 def write_snapshot(file: Any, snap: PoolSnapshot) -> None:
     """Write `snap` as an npz to a binary file object (no pickled member)."""
     ids = np.fromiter(sorted(snap.data), dtype=np.int64, count=len(snap.data))
-    members: dict[str, np.ndarray] = {
-        "meta": _json_bytes({"format": SNAPSHOT_FORMAT, "synced_at": snap.synced_at, "config_hash": snap.config_hash}),
-        "ids": ids,
-        "data": _json_bytes([snap.data[int(i)] for i in ids]),
-    }
+    members: dict[str, np.ndarray] = {"ids": ids, "data": json_member([snap.data[int(i)] for i in ids])}
     for name, arr in snap.arrays.items():
         keep = np.isin(arr.ids, ids)  # rows of deleted tasks go
         members[f"{_ARRAY_PREFIX}{name}.ids"] = arr.ids[keep]
         members[f"{_ARRAY_PREFIX}{name}.values"] = arr.values[keep]
-    np.savez(file, **members)  # type: ignore[arg-type]
+    meta = {"format": SNAPSHOT_FORMAT, "synced_at": snap.synced_at, "config_hash": snap.config_hash}
+    write_npz(file, meta, members)
 
 
 def read_snapshot(file: Any) -> PoolSnapshot | None:
     """Read an npz written by `write_snapshot`; None if it is not one (never unpickles anything)."""
-    try:
-        with np.load(file, allow_pickle=False) as npz:
-            meta = json.loads(npz["meta"].tobytes())
-            if not isinstance(meta, dict) or meta.get("format") != SNAPSHOT_FORMAT:
-                return None
-            ids = npz["ids"]
-            data = json.loads(npz["data"].tobytes())
-            if ids.dtype.kind not in "iu" or not isinstance(data, list) or len(data) != len(ids):
-                return None
-            arrays: dict[str, TaskArray] = {}
-            for key in npz.files:
-                if key.startswith(_ARRAY_PREFIX) and key.endswith(".ids"):
-                    name = key[len(_ARRAY_PREFIX) : -len(".ids")]
-                    arrays[name] = TaskArray(npz[key], npz[f"{_ARRAY_PREFIX}{name}.values"])
-            return PoolSnapshot(
-                data=dict(zip(ids.tolist(), data, strict=True)),
-                synced_at=float(meta["synced_at"]),
-                config_hash=str(meta["config_hash"]),
-                arrays=arrays,
-            )
-    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError):
-        # ValueError includes numpy's refusal of a pickled (object) member under allow_pickle=False.
-        return None
+
+    def read(npz: Any, meta: dict[str, Any]) -> PoolSnapshot | None:
+        ids = npz["ids"]
+        data = json.loads(npz["data"].tobytes())
+        if ids.dtype.kind not in "iu" or not isinstance(data, list) or len(data) != len(ids):
+            return None
+        arrays: dict[str, TaskArray] = {}
+        for key in npz.files:
+            if key.startswith(_ARRAY_PREFIX) and key.endswith(".ids"):
+                name = key[len(_ARRAY_PREFIX) : -len(".ids")]
+                arrays[name] = TaskArray(npz[key], npz[f"{_ARRAY_PREFIX}{name}.values"])
+        return PoolSnapshot(
+            data=dict(zip(ids.tolist(), data, strict=True)),
+            synced_at=float(meta["synced_at"]),
+            config_hash=str(meta["config_hash"]),
+            arrays=arrays,
+        )
+
+    return read_npz(file, SNAPSHOT_FORMAT, read)
 
 
 class PoolCache:

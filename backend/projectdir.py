@@ -27,6 +27,9 @@ Files are created 0600. Two ways of writing, both crash-safe:
   when the file was created). A crash mid-write leaves at most one torn last line, which
   `read_lines` ignores and the next append terminates.
 
+Arrays (pool snapshot, pool clusters) are npz files with a JSON ``meta`` member naming their format:
+`write_npz` / `read_npz`. Nothing in them is ever unpickled.
+
 `ProjectDir.open()` (called by the writers: a cycle, /setup, a publish) creates the directory and
 removes temporary files that a killed writer left behind (`.tmp-*`, and the `.snapshot-*` /
 `.events-*` of earlier releases); one still locked by a live writer is left alone.
@@ -43,9 +46,14 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +216,34 @@ def atomic_file(path: Path) -> Iterator[Any]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def json_member(value: Any) -> np.ndarray:
+    """`value` as compact JSON bytes in a uint8 array: an npz member that loads without pickle."""
+    return np.frombuffer(json.dumps(value, separators=(",", ":")).encode(), dtype=np.uint8)
+
+
+def write_npz(file: Any, meta: Mapping[str, Any], members: Mapping[str, np.ndarray]) -> None:
+    """Write ``members`` and ``meta`` (JSON; name its ``format``) as an npz to a binary file object
+    (`atomic_file` for a durable one). No member may need pickle: `read_npz` refuses those."""
+    np.savez(file, meta=json_member(dict(meta)), **members)  # type: ignore[arg-type]
+
+
+def read_npz(file: Any, fmt: int | str, read: Callable[[Any, dict[str, Any]], T | None]) -> T | None:
+    """``read(npz, meta)`` of an npz written by `write_npz` whose meta's ``format`` is ``fmt``.
+
+    None when the file is missing or unreadable, is not such an npz, or ``read`` finds it malformed
+    (returns None or raises KeyError, ValueError, TypeError): derived state, rebuilt by the caller.
+    Members load with ``allow_pickle=False``, so a crafted file cannot run code."""
+    try:
+        with np.load(file, allow_pickle=False) as npz:
+            meta = json.loads(npz["meta"].tobytes())
+            if not isinstance(meta, dict) or meta.get("format") != fmt:
+                return None
+            return read(npz, meta)
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError):
+        # ValueError includes numpy's refusal of a pickled (object) member under allow_pickle=False.
+        return None
 
 
 def write_json(path: Path, value: Any) -> None:
