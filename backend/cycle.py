@@ -1,8 +1,13 @@
 """One active-learning cycle for a project.
 
-fetch labels -> fit -> evaluate (cross-validated) -> publish -> score the unlabeled pool chunk by
-chunk -> write the most informative slice back as predictions -> switch the project's
-model_version (only after every chunk was written) -> record metrics.
+fetch labels -> fit -> publish -> score the unlabeled pool chunk by chunk -> write the most
+informative slice back as predictions -> switch the project's model_version (only after every chunk
+was written) -> evaluate (cross-validated) and add the metrics to the version's metadata -> stop-set
+stability -> record the cycle.
+
+Evaluation and stability come after the switch because nothing before it needs them: a new label
+goes live one evaluation sooner. Between publish and the metadata update a reader sees the version
+with ``"metrics": null`` (``/status``, the learning curve and ``/metrics`` show no figures for it).
 
 Below the cold-start threshold no model is trained: the pool gets a diversity seed order instead
 (round-robin over k-means clusters of label-free features) so the first labels cover the data.
@@ -273,23 +278,13 @@ def run_cycle(deps: CycleDeps, project: int) -> CycleReport:
     with _stage(report, progress, "fit"):
         fresh = deps.models.create(config.model, spec, seed=settings.seed, learner_params=config.learner_params())
         model = fit_checked(fresh, ts.inputs, ts.y, labeled_emb)
-    with _stage(report, progress, "evaluate"):
-        report.metrics = cross_validate(
-            spec,
-            ts,
-            settings.seed,
-            learner_params=config.learner_params(),
-            embeddings=labeled_emb,
-            models=deps.models,
-            model=config.model,
-        )
     with _stage(report, progress, "publish"):
         metadata = {
             "project": project,
             "model": config.model,
             "n_labels": len(ts.y),
             "label_counts": report.label_counts,
-            "metrics": report.metrics,
+            "metrics": None,  # until _evaluate, after the switch
             "strategy": strategies.resolve(config.strategy),
             "strategy_params": dict(config.strategy_params),
             "classes": list(model.classes_),
@@ -298,14 +293,41 @@ def run_cycle(deps: CycleDeps, project: int) -> CycleReport:
         deps.fence()
         report.version = deps.store.publish(project, model.save, metadata)
     report.status = "trained"
+    _score_and_write(deps, project, spec, config, model, report, ids, inputs, pool_clusters, ts, pool_emb, labeled_emb)
+    _evaluate(deps, project, spec, config, report, ts, labeled_emb)
     with _stage(report, progress, "stability"):
         report.stability = stop_set_agreement(
             deps.settings, project, scorer_for(model), report.version, ids, inputs, fence=deps.fence
         )
-    _score_and_write(deps, project, spec, config, model, report, ids, inputs, pool_clusters, ts, pool_emb, labeled_emb)
     deps.fence()
     record_cycle(deps.settings.model_dir, report)
     return report
+
+
+def _evaluate(
+    deps: CycleDeps,
+    project: int,
+    spec: TaskSpec,
+    config: ProjectConfig,
+    report: CycleReport,
+    ts: TrainingSet,
+    labeled_emb: np.ndarray | None,
+) -> None:
+    """Cross-validate the published version's model and add the figures to its metadata (their one
+    home; the cycle report carries a copy for the log)."""
+    assert report.version is not None
+    with _stage(report, deps.progress, "evaluate"):
+        report.metrics = cross_validate(
+            spec,
+            ts,
+            deps.settings.seed,
+            learner_params=config.learner_params(),
+            embeddings=labeled_emb,
+            models=deps.models,
+            model=config.model,
+        )
+        deps.fence()
+        deps.store.update_metadata(project, report.version, {"metrics": report.metrics})
 
 
 def read_labels(deps: CycleDeps, project: int) -> tuple[list[dict[str, Any]], str]:

@@ -6,7 +6,8 @@ directory; its files are written with projectdir's atomic-write and append helpe
     MODEL_DIR/<project>/                 project id as a plain integer, e.g. ``3``
         v7-20261121T103800Z/             one published version: artifacts + metadata.json
         CURRENT                          name of the served version, one line
-        history.jsonl                    metadata of every version ever published (pruned ones too)
+        history.jsonl                    metadata of every version ever published (pruned ones too);
+                                         a version's later line (update_metadata) supersedes its earlier
         .lock                            flock()ed around number allocation, rename and pointer update
         .tmp-<random>/                   a publish in progress, or the remains of a crashed one
         .trash-<random>/                 a version being pruned (renamed first so deletion is atomic)
@@ -287,7 +288,8 @@ class ModelStore:
         pdir = self._dir(p)
         by_version: dict[str, dict] = {}
         for entry in self._read_history(pdir):
-            by_version.setdefault(entry["version"], entry)
+            # A version's later line (update_metadata: its metrics, added after the switch) wins.
+            by_version[entry["version"]] = entry
         # A crash between the rename and the history append leaves a version only on disk.
         for version in self.versions(p):
             if version not in by_version:
@@ -589,6 +591,32 @@ class ModelStore:
             self._prune(project, project_dir)
         except (OSError, StoreError) as exc:
             log.warning("could not prune project %d: %s", project, exc)
+
+    def update_metadata(self, project: int, version: str, updates: Mapping[str, Any]) -> dict:
+        """Set top-level keys of a published version's metadata (e.g. its ``metrics``, computed after
+        the version went live); return the new metadata.
+
+        The version's ``metadata.json`` is replaced atomically (a reader sees the old or the new
+        record, never a mix) and the new record is appended to the history, where it supersedes the
+        earlier line. Not-finite floats become null, as in :meth:`publish`. StoreError if the version
+        does not exist (pruned meanwhile) or ``updates`` sets ``version`` or ``created_at``.
+        """
+        p = validate_project(project)
+        v = validate_version(version)
+        if not isinstance(updates, Mapping):
+            raise StoreError(f"metadata updates must be a mapping, got {type(updates).__name__}")
+        clash = [k for k in _RESERVED_KEYS if k in updates]
+        if clash:
+            raise StoreError(f"metadata must not set {clash!r}: the store sets them")
+        extra = _json_safe(updates, "metadata")
+        pdir = self._dir(p)
+        with self._writing(f"updating the metadata of {v} of project {p} in {pdir}"), self._project_lock(pdir):
+            # Under the lock: a concurrent publish cannot prune the version between the read and the write.
+            record = {**self.metadata(p, v), **extra}
+            directory = self._existing(p, v)
+            write_atomic(directory / METADATA_FILE, json.dumps(record, indent=2, allow_nan=False).encode())
+            self._append_history(pdir, [record])
+        return record
 
     def rollback(self, project: int, version: str) -> None:
         """Serve ``version`` (full, or ``"v7"`` / ``"7"``); later publishes still get higher numbers."""

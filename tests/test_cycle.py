@@ -135,6 +135,40 @@ def test_run_cycle_seeds_a_cold_project_then_trains_and_switches_after_the_write
     assert report.pool_uncertainty is not None and 0.0 <= report.pool_uncertainty <= 1.0
 
 
+def test_the_new_version_goes_live_before_its_evaluation_which_then_lands_in_its_metadata(
+    stand: FaultStand, deps: cycle.CycleDeps, sms: tuple[list[str], list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cross-validation and the stop-set comparison are off the path from labels to the switch: when
+    the metrics are written the queue already serves the version, whose metadata said ``null`` till then."""
+    ids, y = sms_project(stand, sms)
+    label(stand, ids, y, first_rows_of_both_classes(y, 12))
+    seen: list[tuple[str | None, Any, str, str | None]] = []
+    real_update, real_cv = deps.store.update_metadata, cycle.cross_validate
+    computed: list[dict[str, float | None]] = []
+
+    def update(project: int, version: str, updates: Any) -> dict:
+        seen.append(("update", deps.store.metadata(project, version)["metrics"], version, stand.project_version(PID)))
+        return real_update(project, version, updates)
+
+    def cross_validate(*args: Any, **kw: Any) -> dict[str, float | None]:
+        seen.append(("cv", None, "", stand.project_version(PID)))
+        computed.append(real_cv(*args, **kw))
+        return computed[-1]
+
+    monkeypatch.setattr(deps.store, "update_metadata", update)
+    monkeypatch.setattr(cycle, "cross_validate", cross_validate)
+    report = cycle.run_cycle(deps, PID)
+    assert report.status == "trained" and report.version is not None
+    # The queue was on the new version already when evaluation started and when its metrics were written.
+    assert seen == [("cv", None, "", report.version), ("update", None, report.version, report.version)]
+    [expected] = computed
+    assert report.metrics == expected and expected["cv_folds"] == 5
+    assert deps.store.metadata(PID)["metrics"] == expected
+    assert deps.store.history(PID)[-1]["metrics"] == expected
+    assert list(report.timings).index("switch") < list(report.timings).index("evaluate")
+    assert list(report.timings).index("evaluate") < list(report.timings).index("stability")
+
+
 def test_run_cycle_keeps_the_queue_on_the_old_version_when_predictions_are_dropped(
     stand: FaultStand, deps: cycle.CycleDeps, sms: tuple[list[str], list[str]]
 ) -> None:
@@ -286,6 +320,7 @@ class WriteTrace:
 
         monkeypatch.setattr(deps.client, "request", request_)
         monkeypatch.setattr(deps.store, "publish", self.unit("publish", deps.store.publish))
+        monkeypatch.setattr(deps.store, "update_metadata", self.unit("update_metadata", deps.store.update_metadata))
 
     def unfenced(self) -> list[int]:
         """Positions of writes not immediately preceded by a lock check."""
@@ -340,7 +375,7 @@ def test_every_write_of_a_cycle_and_of_its_jobs_comes_right_after_a_lock_check(
     assert cycle.score_new_tasks(fenced, PID, newer)["written"] == 2
     assert len(cycle.cleanup_stale(fenced, PID)) == 1
     kinds = {e.split(":")[0] + ":" + e.split(":")[1].split(".")[0] if ":" in e else e for e in trace.events}
-    assert {"publish", "ls:POST", "ls:PATCH", "ls:DELETE", "append:cycles", "append:events"} <= kinds, kinds
+    assert {"publish", "update_metadata", "ls:POST", "ls:PATCH", "ls:DELETE", "append:cycles", "append:events"} <= kinds
     assert {"file:snapshot", "file:written_versions", "file:stopset", "file:events", "file:labels"} <= kinds, kinds
     assert trace.unfenced() == [], [trace.events[max(0, i - 2) : i + 1] for i in trace.unfenced()]
 

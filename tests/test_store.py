@@ -191,6 +191,35 @@ def test_publish_round_trip(store: ModelStore) -> None:
     assert store.load(3, read_model) == (second, "second")
 
 
+def test_update_metadata_adds_metrics_to_a_published_version_in_its_one_home(store: ModelStore) -> None:
+    """The cycle publishes with ``metrics: null`` and adds them after the switch: metadata.json and the
+    history then say the same, the history's later line superseding the first."""
+    v1 = store.publish(3, writer("first"), {"n_labels": 10, "metrics": None})
+    v2 = store.publish(3, writer("second"), {"n_labels": 12, "metrics": None})
+    out = store.update_metadata(3, v1, {"metrics": {"cv_accuracy": 0.9, "cv_macro_f1": float("nan")}})
+    expected = {
+        "version": v1,
+        "created_at": "2026-11-21T10:38:00Z",
+        "n_labels": 10,
+        "metrics": {"cv_accuracy": 0.9, "cv_macro_f1": None},
+    }
+    assert out == expected
+    assert store.metadata(3, v1) == expected
+    assert store.metadata(3)["metrics"] is None  # v2, current, untouched
+    assert store.history(3) == [expected, store.metadata(3, v2)]
+    lines = (store.root / "3" / "history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["version"] for line in lines] == [v1, v2, v1]
+    assert store.current(3) == v2  # an update is not a publish: the pointer stays
+    with pytest.raises(StoreError, match="must not set \\['version'\\]"):
+        store.update_metadata(3, v1, {"version": "v9-20261121T103800Z"})
+    with pytest.raises(StoreError, match="has no model version"):
+        store.update_metadata(3, "v7-20261121T103800Z", {"metrics": {}})
+    assert store.metadata(3, v1) == expected
+    # The next publish (history repair, numbering) reads the doubled line as one version.
+    v3 = store.publish(3, writer("third"), {})
+    assert v3.startswith("v3-") and [h["version"] for h in store.history(3)] == [v1, v2, v3]
+
+
 def test_numpy_like_values_are_converted(store: ModelStore) -> None:
     class Scalar:
         def tolist(self) -> int:
