@@ -673,13 +673,19 @@ def typicality(
     for start in range(0, n, step):
         stop = min(start + step, n)
         product: Any = _rows(x, np.arange(start, stop)) @ ref.T
-        cross = np.asarray(product.toarray() if sp.issparse(product) else product, dtype=np.float64)
-        d2 = np.maximum(x_sq[start:stop, None] - 2.0 * cross + ref_sq[None, :], 0.0)
+        # d2 = max(x_sq - 2 cross + ref_sq, 0), in place in one block (no temporaries): the same
+        # floating-point operations in the same order as the three-temporary expression (scaling by
+        # -2 is exact, and a - b == a + (-b)), so the same values, in about 3/4 of the time.
+        d2 = np.array(product.toarray() if sp.issparse(product) else product, dtype=np.float64)
+        d2 *= -2.0
+        d2 += x_sq[start:stop, None]
+        d2 += ref_sq[None, :]
+        np.maximum(d2, 0.0, out=d2)
         own = where[start:stop]
         mine = np.flatnonzero(own >= 0)
         d2[mine, own[mine]] = np.inf
-        nearest = np.partition(d2, kk - 1, axis=1)[:, :kk]
-        mean_d[start:stop] = np.sqrt(nearest).mean(axis=1)
+        d2.partition(kk - 1, axis=1)  # in place: only the kk nearest (the first kk columns) are read
+        mean_d[start:stop] = np.sqrt(d2[:, :kk]).mean(axis=1)
     positive = mean_d[mean_d > 0]
     floor = float(np.quantile(positive, floor_quantile)) if positive.size else 1.0
     mean_d = np.maximum(mean_d, floor)
