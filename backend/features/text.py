@@ -168,6 +168,10 @@ class TextFeaturizer:
                 if "empty vocabulary" not in str(e):
                     raise
                 raise ValueError(f"the training texts contain no word at all, e.g. {texts[0]!r:.80}") from None
+            # max_features makes scikit-learn store each column index as a numpy int64, which skops
+            # saves as one .npy entry per word: plain ints are the same indices, and make a saved
+            # model ~5x smaller and its publish ~4x faster (300 SMS labels: 329 -> 62 KB).
+            self.vectorizer.vocabulary_ = {term: int(col) for term, col in self.vectorizer.vocabulary_.items()}
         return self._combine(tfidf, texts, embeddings)
 
     def transform(self, texts: Sequence[str], embeddings: np.ndarray | None = None) -> Any:
