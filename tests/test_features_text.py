@@ -125,3 +125,61 @@ def test_texts_are_cut_at_max_text_chars_in_training_and_prediction() -> None:
     assert (f.transform([long]) != f.transform([head])).nnz == 0
     assert (X[0] != f.transform([head])).nnz == 0
     np.testing.assert_array_equal(f.embed([long]), emb.load(f.embedding_model).embed([long]))
+
+
+def _same_csr(a: sp.spmatrix, b: sp.spmatrix) -> None:
+    assert type(a) is type(b) and a.dtype == b.dtype and a.shape == b.shape
+    a, b = sp.csr_matrix(a), sp.csr_matrix(b)
+    np.testing.assert_array_equal(a.indptr, b.indptr)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_array_equal(a.data, b.data)  # bit for bit, not approximately
+
+
+@pytest.mark.parametrize("number_shapes", [True, False])
+def test_tfidf_from_remembered_token_counts_is_sklearns_transform_bit_for_bit(
+    sms: tuple[list[str], list[str]], number_shapes: bool
+) -> None:
+    """A cycle re-featurizes the pool with each new vocabulary; the memo skips tokenizing again and
+    must give the very matrix scikit-learn's transform gives: unknown words, empty and repeated
+    texts, accents and digits included, on a first (tokenizing) and a second (remembered) call."""
+    from backend.features.text import TokenMemo, tfidf_transform
+
+    texts, _ = sms
+    f = TextFeaturizer("tfidf", number_shapes=number_shapes)
+    f.fit_transform(texts[:300])
+    assert f.vectorizer is not None
+    pool = [*texts[300:1300], "", "   ", "Café 0800 123 456 zzzunknownword", texts[300], "ÀÉÎ !!! ??"]
+    memo = TokenMemo(rows=5_000)
+    expected = f.vectorizer.transform(pool)
+    _same_csr(tfidf_transform(f.vectorizer, pool, memo), expected)
+    remembered = len(memo._memo)
+    assert remembered == len(set(pool))
+    _same_csr(tfidf_transform(f.vectorizer, pool, memo), expected)
+    assert len(memo._memo) == remembered  # the second call tokenized nothing new
+    # A vocabulary fitted on other labels (the next cycle) reads the same remembered counts.
+    g = TextFeaturizer("tfidf", number_shapes=number_shapes)
+    g.fit_transform(texts[1100:1500])
+    assert g.vectorizer is not None
+    _same_csr(tfidf_transform(g.vectorizer, pool, memo), g.vectorizer.transform(pool))
+    assert len(memo._memo) == remembered
+
+
+def test_token_memo_is_bounded_and_keyed_by_the_analyzer(sms: tuple[list[str], list[str]]) -> None:
+    from backend.features.text import TokenMemo, tfidf_transform
+
+    texts, _ = sms
+    shaped, raw = TextFeaturizer("tfidf"), TextFeaturizer("tfidf", number_shapes=False)
+    shaped.fit_transform(texts[:100])
+    raw.fit_transform(texts[:100])
+    assert shaped.vectorizer is not None and raw.vectorizer is not None
+    memo = TokenMemo(rows=10, terms=12)
+    tfidf_transform(shaped.vectorizer, ["call 0800 now"], memo)
+    tfidf_transform(raw.vectorizer, ["call 0800 now"], memo)
+    # One text, two analyzers: two entries, each with its own tokens (digits read as 0, or not).
+    assert sorted(tuple(c) for c in memo._memo.values()) == [("call", "0000", "now"), ("call", "0800", "now")]
+    tfidf_transform(shaped.vectorizer, ["a b c d", "e f g h i"], memo)  # 6 + 9 terms > 12: the oldest goes
+    assert [tuple(c) for c in memo._memo.values()] == [("call", "0800", "now"), ("a", "b", "c", "d"), tuple("efghi")]
+    assert memo._held == 12
+    before = dict(memo._memo)
+    _same_csr(tfidf_transform(shaped.vectorizer, texts[300:320], memo), shaped.vectorizer.transform(texts[300:320]))
+    assert memo._memo == before  # more texts than the memo holds: transform, the memo untouched
