@@ -407,7 +407,9 @@ def test_save_load_round_trip(config: str, tmp_path: Path) -> None:
     np.testing.assert_array_equal(loaded.committee_proba(X), learner.committee_proba(X))
 
 
-def test_a_saved_text_model_stores_its_vocabulary_as_plain_ints(sms: tuple[list[str], np.ndarray], tmp_path: Path) -> None:
+def test_a_saved_text_model_stores_its_vocabulary_as_plain_ints(
+    sms: tuple[list[str], np.ndarray], tmp_path: Path
+) -> None:
     """scikit-learn's max_features leaves numpy ints in ``vocabulary_``, which skops writes as one .npy
     entry per word (publish took ~0.5 s at 300 SMS labels); the fitted featurizer keeps plain ints,
     the same columns, so a saved model has one array entry per fitted array, not per word."""
