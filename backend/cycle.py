@@ -109,6 +109,7 @@ class CycleReport:
     embeddings: dict[str, int] = field(default_factory=dict)  # tasks embedded now / reused from the pool cache
     labels_read: str | None = None  # full (the whole export) or hints (only the tasks webhooks named)
     clusters: dict[str, Any] = field(default_factory=dict)  # the pool clusters: reused, extended or fitted; k
+    evaluation_error: str | None = None  # why the live version has no metrics (its evaluation raised)
     finished_at: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -317,15 +318,22 @@ def _evaluate(
     home; the cycle report carries a copy for the log)."""
     assert report.version is not None
     with _stage(report, deps.progress, "evaluate"):
-        report.metrics = cross_validate(
-            spec,
-            ts,
-            deps.settings.seed,
-            learner_params=config.learner_params(),
-            embeddings=labeled_emb,
-            models=deps.models,
-            model=config.model,
-        )
+        try:
+            report.metrics = cross_validate(
+                spec,
+                ts,
+                deps.settings.seed,
+                learner_params=config.learner_params(),
+                embeddings=labeled_emb,
+                models=deps.models,
+                model=config.model,
+            )
+        except Exception as exc:
+            # The version is live already and its model fitted on all labels: a fold that a plugin
+            # model cannot fit leaves the version without metrics, not the cycle failed (and unlogged).
+            report.evaluation_error = f"{type(exc).__name__}: {exc}"
+            log.warning("project=%s evaluating %s failed: %s", project, report.version, report.evaluation_error)
+            return
         deps.fence()
         deps.store.update_metadata(project, report.version, {"metrics": report.metrics})
 

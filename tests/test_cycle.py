@@ -15,6 +15,7 @@ import pytest
 
 from backend import cycle, strategies
 from backend.config import ProjectConfig, Settings
+from backend.cycle_log import cycle_history
 from backend.labelconfig import parse_label_config
 from backend.labelstudio import LabelStudioClient
 from backend.learner import Learner, TrainingSet
@@ -167,6 +168,27 @@ def test_the_new_version_goes_live_before_its_evaluation_which_then_lands_in_its
     assert deps.store.history(PID)[-1]["metrics"] == expected
     assert list(report.timings).index("switch") < list(report.timings).index("evaluate")
     assert list(report.timings).index("evaluate") < list(report.timings).index("stability")
+
+
+def test_an_evaluation_that_raises_leaves_the_live_version_without_metrics_and_the_cycle_logged(
+    stand: FaultStand, deps: cycle.CycleDeps, sms: tuple[list[str], list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault: cross-validation raises (e.g. a plugin model that cannot fit a fold) after the switch.
+    Expected: the cycle is "trained" and logged, the version stays live with metrics null, and the
+    report says why."""
+    ids, y = sms_project(stand, sms)
+    label(stand, ids, y, first_rows_of_both_classes(y, 12))
+
+    def cross_validate(*args: Any, **kw: Any) -> dict[str, float | None]:
+        raise ValueError("fold 3: a class with one example")
+
+    monkeypatch.setattr(cycle, "cross_validate", cross_validate)
+    report = cycle.run_cycle(deps, PID)
+    assert report.status == "trained" and stand.project_version(PID) == report.version
+    assert report.evaluation_error == "ValueError: fold 3: a class with one example"
+    assert report.metrics == {} and deps.store.metadata(PID)["metrics"] is None
+    logged = cycle_history(deps.settings.model_dir, PID)
+    assert [(c["version"], c["evaluation_error"]) for c in logged] == [(report.version, report.evaluation_error)]
 
 
 def test_run_cycle_keeps_the_queue_on_the_old_version_when_predictions_are_dropped(
