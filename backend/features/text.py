@@ -24,7 +24,6 @@ characters (some 3,000 words) already say what a document is about.
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,11 +41,6 @@ DEFAULT_EMBEDDING_WEIGHT = 1.0
 #: for wordllama), so only TF-IDF sees a difference, and only in texts longer than this.
 MAX_TEXT_CHARS = 20_000
 _DIGIT = re.compile(r"\d")
-#: TokenMemo's bounds: a call with more texts than TOKEN_MEMO_ROWS bypasses it (a pool scored in
-#: chunks of that size would only churn it), and it keeps at most TOKEN_MEMO_TERMS (text, term)
-#: counts, ~100 bytes each: ~50 MB at most, ~8 MB for the 5,574 SMS messages (80,000 terms).
-TOKEN_MEMO_ROWS = 20_000
-TOKEN_MEMO_TERMS = 500_000
 
 
 def clip_texts(texts: Sequence[Any]) -> list[str]:
@@ -88,100 +82,6 @@ def check_text_features(value: Any) -> str:
     if value not in TEXT_FEATURES:
         raise ValueError(f"text features must be one of {', '.join(TEXT_FEATURES)}; got {value!r}")
     return str(value)
-
-
-class TokenMemo:
-    """Each text's token counts as a vectorizer's analyzer makes them (term -> count, in order of first
-    occurrence), for the last ``rows`` texts seen, keyed by the analyzer's parameters too.
-
-    The worker runs every cycle in one process (backend.worker.LsalWorker), so from the second cycle
-    on a pool's texts are looked up instead of tokenized again; the vocabulary changes every cycle,
-    so the counts are kept by term, not by column."""
-
-    def __init__(self, rows: int = TOKEN_MEMO_ROWS, terms: int = TOKEN_MEMO_TERMS) -> None:
-        self.rows = int(rows)
-        self.terms = int(terms)
-        self._memo: dict[tuple[str, str], dict[str, int]] = {}  # insertion-ordered: oldest evicted first
-        self._held = 0  # terms in the memo
-        self._lock = threading.Lock()  # the server featurizes /predict bodies in several threads
-
-    def counts(self, vectorizer: TfidfVectorizer, texts: Sequence[str]) -> list[dict[str, int]]:
-        """The token counts of each text (computed for those not remembered)."""
-        params = vectorizer.get_params()
-        # Everything the analyzer reads (the preprocessor by identity, which holds within a process).
-        key = repr([(k, params[k]) for k in sorted(params) if k in _ANALYZER_PARAMS])
-        analyze = None
-        out: list[dict[str, int]] = []
-        with self._lock:
-            memo = self._memo
-            for text in texts:
-                counts = memo.get((key, text))
-                if counts is None:
-                    analyze = analyze or vectorizer.build_analyzer()
-                    counts = {}
-                    for term in analyze(text):
-                        counts[term] = counts.get(term, 0) + 1
-                    memo[(key, text)] = counts
-                    self._held += len(counts)
-                    while self._held > self.terms:
-                        self._held -= len(memo.pop(next(iter(memo))))
-                out.append(counts)
-        return out
-
-    def clear(self) -> None:
-        """Forget every text."""
-        with self._lock:
-            self._memo.clear()
-            self._held = 0
-
-
-_ANALYZER_PARAMS = frozenset(
-    {
-        "analyzer",
-        "decode_error",
-        "encoding",
-        "input",
-        "lowercase",
-        "ngram_range",
-        "preprocessor",
-        "stop_words",
-        "strip_accents",
-        "token_pattern",
-        "tokenizer",
-    }
-)
-TOKENS = TokenMemo()
-
-
-def tfidf_transform(vectorizer: TfidfVectorizer, texts: Sequence[str], memo: TokenMemo = TOKENS) -> Any:
-    """``vectorizer.transform(texts)``, the same matrix, with the texts' token counts from ``memo``.
-
-    Builds the count matrix as scikit-learn's ``CountVectorizer._count_vocab`` does (the fitted
-    vocabulary's columns, out-of-vocabulary terms dropped, indices sorted) and applies the fitted
-    TF-IDF weighting (``TfidfVectorizer._tfidf``); tests/test_features_text.py checks it against
-    ``transform`` itself. More texts than the memo holds, or a vectorizer of another shape (binary
-    counts, a fixed vocabulary object): ``transform``."""
-    tfidf = getattr(vectorizer, "_tfidf", None)
-    if len(texts) > memo.rows or vectorizer.binary or tfidf is None:
-        return vectorizer.transform(texts)
-    vocabulary = vectorizer.vocabulary_
-    indptr = [0]
-    columns: list[int] = []
-    values: list[int] = []
-    for counts in memo.counts(vectorizer, texts):
-        for term, n in counts.items():
-            col = vocabulary.get(term)
-            if col is not None:
-                columns.append(col)
-                values.append(n)
-        indptr.append(len(columns))
-    X = sp.csr_matrix(
-        (np.asarray(values, dtype=np.intc), np.asarray(columns, dtype=np.int32), np.asarray(indptr, dtype=np.int32)),
-        shape=(len(texts), len(vocabulary)),
-        dtype=vectorizer.dtype,
-    )
-    X.sort_indices()
-    return tfidf.transform(X, copy=False)
 
 
 class TextFeaturizer:
@@ -281,5 +181,5 @@ class TextFeaturizer:
         if self.uses_tfidf:
             if self.vectorizer is None:
                 raise RuntimeError("TextFeaturizer is not fitted")
-            tfidf = tfidf_transform(self.vectorizer, texts)
+            tfidf = self.vectorizer.transform(texts)
         return self._combine(tfidf, texts, embeddings)
