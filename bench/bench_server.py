@@ -109,6 +109,9 @@ def wrk_latency(url: str, body: bytes, connections: int, seconds: int, workdir: 
         "  io.write(string.format('max %f\\nrps %f\\nerrors %d\\n', latency.max / 1000,"
         " summary.requests / (summary.duration / 1e6), summary.errors.status + summary.errors.connect"
         " + summary.errors.read + summary.errors.write + summary.errors.timeout))\n"
+        "  io.write(string.format('kinds status=%d connect=%d read=%d write=%d timeout=%d\\n',"
+        " summary.errors.status, summary.errors.connect, summary.errors.read, summary.errors.write,"
+        " summary.errors.timeout))\n"
         "end\n"
     )
     out = subprocess.run(
@@ -124,7 +127,8 @@ def wrk_latency(url: str, body: bytes, connections: int, seconds: int, workdir: 
         if line.split() and line.split()[0] in ("p50", "p95", "p99", "max", "rps", "errors")
     )
     if float(values["errors"]) > 0:
-        raise SystemExit(f"wrk saw {values['errors']} errors")
+        kinds = next((line for line in out.splitlines() if line.startswith("kinds ")), "")
+        raise SystemExit(f"wrk saw {values['errors']} errors ({kinds.removeprefix('kinds ')})")
     return {
         "p50_ms": round(float(values["p50"]), 3),
         "p95_ms": round(float(values["p95"]), 3),

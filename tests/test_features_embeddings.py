@@ -92,3 +92,38 @@ def test_memo_returns_the_same_numbers_and_stays_bounded(tiny_model: Path) -> No
     small.embed(["refund"])
     small.embed(["crash", "money"])
     assert list(small._memo) == ["crash", "money"]  # the oldest went first
+
+
+def test_threads_that_ask_for_an_unloaded_model_at_once_read_its_weights_once(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault: 16 concurrent first /predict requests of a fresh HTTP process each need the embedder.
+    Expected: one read of the weights, every thread gets the same embedder (broken once: with only
+    lru_cache, each thread that missed loaded its own copy: 16 reads, 3.7 s instead of 0.2 s)."""
+    import threading
+
+    emb.forget_loaded()
+    reads: list[str] = []
+    original = emb._load_model2vec
+    gate = threading.Barrier(16)
+
+    def counting(name: str) -> object:
+        reads.append(name)
+        return original(name)
+
+    def ask(out: list[object]) -> None:
+        gate.wait()
+        out.append(emb.load(str(tiny_model)))
+
+    monkeypatch.setattr(emb, "_load_model2vec", counting)
+    got: list[object] = []
+    threads = [threading.Thread(target=ask, args=(got,)) for _ in range(16)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    finally:
+        emb.forget_loaded()
+    assert reads == [str(tiny_model)]
+    assert len(got) == 16 and all(e is got[0] for e in got)

@@ -438,7 +438,7 @@ def test_the_first_predict_with_a_cached_version_runs_off_the_event_loop(
     app = create_app(settings)
     spec = parse_label_config(SPAM_XML)
     assert app.state.store.load(3, lambda path: ModelRegistry().load_version(path, spec))[0] == version
-    embeddings.load.cache_clear()  # as in a fresh HTTP process: the model cached, the embedder not yet
+    embeddings.forget_loaded()  # as in a fresh HTTP process: the model cached, the embedder not yet
     original = embeddings._load_wordllama
     on_loop: list[bool] = []
 
@@ -457,7 +457,7 @@ def test_the_first_predict_with_a_cached_version_runs_off_the_event_loop(
             resp = client.post("/predict", json=predict_body(["win cash now"]))
             assert resp.json()["results"][0]["model_version"] == version
     finally:
-        embeddings.load.cache_clear()  # the recording loader's result must not serve later tests
+        embeddings.forget_loaded()  # the recording loader's result must not serve later tests
     assert on_loop == [False]
 
 
