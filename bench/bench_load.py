@@ -12,8 +12,9 @@ Throughout the load, the attacks of issue 12 run too (unless --no-attacks): four
 /predict requests of 60 tasks x 1 MB, over and over; 2,000 slowloris connections (half a request
 line each, reopened when the server closes them); 500 made-up projects sent START_TRAINING and
 TASKS_DELETED; forged TASKS_CREATED for real and made-up task ids; a 1 MB label config of 40,000
-choices to /setup; clients hanging up in the middle of a body. /health is polled every 100 ms
-(Label Studio allows it 1 s): its latency is reported, with every answer slower than 1 s counted
+choices to /setup; clients hanging up in the middle of a body. /health is polled every 100 ms,
+each poll on a new connection as Label Studio does (Label Studio allows it 1 s): its latency is
+reported, with every answer slower than 1 s counted
 (and when, `over_1s_at_s`), beside the latency the server itself logged for /health
 (`server_side`) and, as the control, the same poller's latency to a trivial HTTP server in a
 process of its own (`control_health`: what the machine's load alone costs a round trip).
@@ -163,11 +164,13 @@ def _poll_health(urls: list[str], stop: Any, out: Any) -> None:
     polls: list[list[tuple[float, float]]] = [[] for _ in urls]
 
     def poll(url: str, into: list[tuple[float, float]]) -> None:
-        s = requests.Session()
         while not stop.is_set():
             t0 = time.perf_counter()
             try:
-                s.get(url, timeout=10)
+                # A new connection per poll, as Label Studio checks: MLBackend.healthcheck builds a
+                # new MLApi, and with it a new requests.Session, every time (ml/models.py, 1.23.2).
+                with requests.Session() as s:
+                    s.get(url, timeout=10)
                 ms = (time.perf_counter() - t0) * 1000
             except requests.RequestException:
                 ms = 10_000.0
