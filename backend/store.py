@@ -151,6 +151,17 @@ def _json_safe(value: Any, where: str) -> Any:
     raise StoreError(f"metadata value at {where} is not JSON-serialisable: {value!r}")
 
 
+def _caller_metadata(value: Any, name: str) -> dict[str, Any]:
+    """The caller's part of a version's metadata (``name`` for errors), checked and JSON-safe:
+    a mapping that sets none of the keys the store owns (StoreError otherwise)."""
+    if not isinstance(value, Mapping):
+        raise StoreError(f"{name} must be a mapping, got {type(value).__name__}")
+    clash = [k for k in _RESERVED_KEYS if k in value]
+    if clash:
+        raise StoreError(f"metadata must not set {clash!r}: the store sets them")
+    return dict(_json_safe(value, "metadata"))
+
+
 def _write_file(path: Path, data: bytes, *, sync: bool) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     try:
@@ -509,12 +520,7 @@ class ModelStore:
         the exception propagates (file-system failures as :class:`StoreWriteError`).
         """
         p = validate_project(project)
-        if not isinstance(metadata, Mapping):
-            raise StoreError(f"metadata must be a mapping, got {type(metadata).__name__}")
-        clash = [k for k in _RESERVED_KEYS if k in metadata]
-        if clash:
-            raise StoreError(f"metadata must not set {clash!r}: the store sets them")
-        extra = _json_safe(metadata, "metadata")
+        extra = _caller_metadata(metadata, "metadata")
         pdir = self._dir(p)
         what = f"publishing a model for project {p} in {pdir}"
         with self._writing(f"{what}: creating the project directory"):
@@ -603,12 +609,7 @@ class ModelStore:
         """
         p = validate_project(project)
         v = validate_version(version)
-        if not isinstance(updates, Mapping):
-            raise StoreError(f"metadata updates must be a mapping, got {type(updates).__name__}")
-        clash = [k for k in _RESERVED_KEYS if k in updates]
-        if clash:
-            raise StoreError(f"metadata must not set {clash!r}: the store sets them")
-        extra = _json_safe(updates, "metadata")
+        extra = _caller_metadata(updates, "metadata updates")
         pdir = self._dir(p)
         with self._writing(f"updating the metadata of {v} of project {p} in {pdir}"), self._project_lock(pdir):
             # Under the lock: a concurrent publish cannot prune the version between the read and the write.
