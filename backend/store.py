@@ -375,12 +375,14 @@ class ModelStore:
                     self._cache.popitem(last=False)
         return version, model
 
-    def needs_load(self, project: int) -> bool:
+    def needs_load(self, project: int, version: str | None = None) -> bool:
         """Whether `load` would read a model from disk now: the project has a current version that
-        is not cached (a request that would wait for the read can be sent off the event loop)."""
-        version = self.current(validate_project(project))
+        is not cached (a request that would wait for the read can be sent off the event loop).
+        ``version``: the current version, when the caller has just read it."""
+        p = validate_project(project)
+        version = self.current(p) if version is None else version
         with self._cache_lock:
-            return version is not None and (validate_project(project), version) not in self._cache
+            return version is not None and (p, version) not in self._cache
 
     # ----------------------------------------------------------------------------- writing
 

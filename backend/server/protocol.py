@@ -231,7 +231,7 @@ def _is_warm(app: Any, body: PredictRequest, store: ModelStore) -> bool:
         version = store.current(project)
         if version is None:
             return True  # no model: an empty answer, nothing to load
-        return not store.needs_load(project) and _warm_versions(app).get(project) == version
+        return not store.needs_load(project, version) and _warm_versions(app).get(project) == version
     except (ApiError, StoreError):
         return True  # predict_tasks answers the same error
 
