@@ -133,6 +133,15 @@ def fenced(progress: Callable[[str, int, int], None], fence: Fence) -> Callable[
     return report
 
 
+def acquire_project_lock(jobs: Jobs, project: int) -> Any:
+    """The project's lock, acquired: a job waits for another's to end, at most the job timeout
+    (then TimeoutError, and RQ's retry)."""
+    lock = jobs.project_lock(project)
+    if not lock.acquire():
+        raise TimeoutError(f"project {project}: the project lock stayed held for the whole job timeout")
+    return lock
+
+
 @contextlib.contextmanager
 def held(lock: Any, project: int) -> Iterator[Fence]:
     """Keep an acquired project lock alive while the body runs, then release it; yield its Fence.
@@ -204,10 +213,8 @@ def cycle_job(project: int, reason: str) -> dict[str, Any]:
     assert job is not None, "cycle_job runs on an RQ worker"
     settings, jobs, deps = _context(job)
     jobs.claim(project, job.id)  # from here on, new events queue a follow-up cycle
-    lock = jobs.project_lock(project)
     deps.progress("waiting_for_lock", 0, 0)
-    if not lock.acquire():
-        raise TimeoutError(f"project {project}: another worker held the project lock for the whole job timeout")
+    lock = acquire_project_lock(jobs, project)
     try:
         # One BLAS/OpenMP thread: k-means and the fits are small, and on a 2-core machine shared
         # with Label Studio a thread team costs far more in contention than it gains (measured:
@@ -259,9 +266,7 @@ def cleanup_job(project: int) -> dict[str, int]:
     assert job is not None
     _, jobs, deps = _context(job)
     jobs.claim(project, job.id, CLEANUP_MARKER)  # from here on, a finished cycle queues another
-    lock = jobs.project_lock(project)
-    if not lock.acquire():
-        raise TimeoutError(f"project {project}: the project lock stayed held for the whole job timeout")
+    lock = acquire_project_lock(jobs, project)
     try:
         with held(lock, project) as fence:
             # One version per job: the worker is never held up by a long deletion when a cycle arrives.
@@ -293,10 +298,8 @@ def score_new_tasks_job(project: int) -> dict[str, object]:
     if not projects.is_set_up(settings.model_dir, project):
         jobs.take_task_hints(project)
         return {"status": "not_set_up", "written": 0}
-    lock = jobs.project_lock(project)
     deps.progress("waiting_for_lock", 0, 0)
-    if not lock.acquire():
-        raise TimeoutError(f"project {project}: the project lock stayed held for the whole job timeout")
+    lock = acquire_project_lock(jobs, project)
     with held(lock, project) as fence, threadpool_limits(1):
         hints = jobs.take_task_hints(project)
         try:
