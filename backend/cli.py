@@ -164,6 +164,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             timeout_graceful_shutdown=1,  # in-flight requests; the whole stop must stay under 3 s
             http=BoundedHeadersProtocol,  # request headers within 10 s and 64 KB (slowloris)
             timeout_keep_alive=5,  # idle kept-alive connections
+            loop="backend.http_loop:BatchAcceptLoop",  # uvloop, accepting connection bursts at once
         )
     except KeyboardInterrupt:
         pass

@@ -492,3 +492,44 @@ def test_health_pings_redis_while_the_shared_thread_pool_is_full(settings: Setti
     body = asyncio.run(scenario())
     assert body["status"] == "UP"
     assert body["redis"] == "ok"
+
+
+def test_health_never_waits_for_a_ping_once_redis_has_answered(redis_conn: redis.Redis) -> None:
+    """A process's first /health waits for the first PING; after that a stale answer starts a new
+    PING in the background and /health reports the latest answer without suspending, however long
+    that PING takes (each suspension is a trip through a busy event loop's queue)."""
+    import threading
+
+    release = threading.Event()
+    pings: list[str] = []
+
+    class SlowPing:
+        def ping(self) -> bool:
+            pings.append("ping")
+            release.wait(10)
+            return True
+
+    async def scenario() -> tuple[str, bool, str]:
+        probe = protocol.RedisProbe(SlowPing())  # type: ignore[arg-type]
+        release.set()
+        first = await probe.state()  # no answer yet: waits for the first PING
+        release.clear()
+        probe._checked -= protocol.PROBE_INTERVAL  # the answer is now stale
+        stale = probe.state()
+        try:
+            stale.send(None)  # runs the coroutine up to its first suspension, if it has one
+            suspended = True
+        except StopIteration as done:
+            suspended, second = False, done.value
+        release.set()
+        if suspended:
+            second = await stale
+        while probe._task is not None:  # the background PING finishes
+            await asyncio.sleep(0.01)
+        return first, suspended, second
+
+    first, suspended, second = asyncio.run(scenario())
+    assert first == "ok"
+    assert not suspended
+    assert second == "ok"
+    assert pings == ["ping", "ping"]

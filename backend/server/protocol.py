@@ -68,9 +68,8 @@ HANDLED_ACTIONS = set(CYCLE_ACTIONS) | ANNOTATION_ACTIONS | TASK_ACTIONS
 # 60,000 short ones, and parsing alone holds the GIL for ~0.4 s per 60 MB. Small bodies with many
 # tasks, and image tasks (a download each), run in a thread.
 INLINE_PREDICT_TASKS = 64
-#: seconds after which /health starts a fresh Redis PING, and how long it waits for one
+#: seconds after which /health starts a fresh Redis PING in the background
 PROBE_INTERVAL = 1.0
-FRESH_WAIT = 0.25
 #: how long the first /health of a process waits for its first PING (then: "unavailable" until one answers)
 FIRST_WAIT = 0.5
 INLINE_PREDICT_BYTES = 64 * 1024
@@ -104,17 +103,21 @@ async def health(request: Request, settings: SettingsDep, connection: RedisDep) 
 
 
 class RedisProbe:
-    """Redis's state as /health reports it, without /health waiting long for Redis.
+    """Redis's state as /health reports it, without /health ever waiting for Redis.
 
     Under load a PING in a thread waits for the GIL behind the event loop's work (p50 0.42 s, p99
     1.7 s inside the app in bench_load), and an asyncio client's round trips wait for the busy
     loop (p50 1.2 s), while Label Studio allows /health 1 s. So a PING runs in the background when
-    the last answer is older than PROBE_INTERVAL; /health waits for it at most FRESH_WAIT (a
-    stopped Redis refuses at once) and otherwise reports the previous answer; the first /health
-    waits at most FIRST_WAIT. The PING has a thread of its own: in the shared thread pool it
-    queued behind up to 40 webhook handlers (the first /health of an HTTP process took 0.93 s in
-    bench_load). A request that meets a Redis error marks Redis unavailable at once
-    (app.redis_error)."""
+    the last answer is older than PROBE_INTERVAL, and /health reports the latest answer without
+    waiting for it: even a short wait is a trip through a busy event loop's queue, and it made
+    the /health that met each fresh PING the slow one (server-side p99 0.6-0.8 s in bench_load,
+    against 0.12 s without). Only a process's first /health, with no answer yet, waits for one
+    (at most FIRST_WAIT). The PING has a thread of its own: in the shared thread pool it queued
+    behind up to 40 webhook handlers (the first /health of an HTTP process took 0.93 s in
+    bench_load). A stopped Redis refuses a PING at once, so /health reports it about
+    PROBE_INTERVAL later at most; a request that meets a Redis error marks it unavailable at once
+    (app.redis_error).
+    """
 
     def __init__(self, connection: redis.Redis) -> None:
         self.connection = connection
@@ -124,14 +127,14 @@ class RedisProbe:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="lsal-redis-probe")
 
     async def state(self) -> str:
-        """ "ok" or "unavailable": the latest PING's answer (at most ~PROBE_INTERVAL s old)."""
+        """ "ok" or "unavailable": the latest PING's answer (about PROBE_INTERVAL s old at most)."""
         loop = asyncio.get_running_loop()
         if self._task is not None and self._task.get_loop() is not loop:
             self._task = None  # started on an event loop that has ended (a test client's)
         if self._task is None and (self._state is None or time.monotonic() - self._checked >= PROBE_INTERVAL):
             self._task = loop.create_task(self._refresh())
-        if self._task is not None:
-            await asyncio.wait({self._task}, timeout=FIRST_WAIT if self._state is None else FRESH_WAIT)
+        if self._task is not None and self._state is None:
+            await asyncio.wait({self._task}, timeout=FIRST_WAIT)
         return self._state or "unavailable"
 
     def mark_unavailable(self) -> None:
