@@ -421,6 +421,44 @@ def test_a_predict_that_must_read_a_new_model_reads_it_off_the_event_loop(
     assert loads == [False]  # read once, in a worker thread; the second request used the cache
 
 
+def test_a_version_published_while_an_inline_predict_runs_is_not_read_on_the_event_loop(
+    client: TestClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker publishes a version between the warm check of an inline /predict and its
+    prediction (every ~1.2 s in bench_load): the prediction uses the version found warm, and the
+    new one is read by a later request, off the event loop. Broken once: the prediction read
+    CURRENT again and loaded the new model on the loop (skops, ~0.1-0.3 s of stalled /health)."""
+    loads: list[bool] = []
+    original = ModelRegistry.load_version
+
+    def recording(self: ModelRegistry, path: Path, spec: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+            loads.append(True)
+        except RuntimeError:
+            loads.append(False)
+        return original(self, path, spec)
+
+    monkeypatch.setattr(ModelRegistry, "load_version", recording)
+    first = publish_spam_model(settings)
+    assert client.post("/predict", json=predict_body(["win cash now"])).json()["results"][0]["model_version"] == first
+    published: list[str] = []
+    needs_load = ModelStore.needs_load
+
+    def publishing_meanwhile(self: ModelStore, project: int, version: str | None = None) -> bool:
+        answer = needs_load(self, project, version)
+        if not published:  # the worker's publish lands right after the warm check
+            published.append(publish_spam_model(settings))
+        return answer
+
+    monkeypatch.setattr(ModelStore, "needs_load", publishing_meanwhile)
+    raced = client.post("/predict", json=predict_body(["win cash now"])).json()["results"][0]
+    assert raced["model_version"] == first
+    later = client.post("/predict", json=predict_body(["win cash now"])).json()["results"][0]
+    assert later["model_version"] == published[0] != first
+    assert loads == [False, False]  # both versions read in a worker thread, none on the loop
+
+
 def test_the_first_predict_with_a_cached_version_runs_off_the_event_loop(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -206,8 +206,10 @@ async def predict(
         body = PredictRequest.model_validate_json(raw)
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
-    if len(body.tasks) <= INLINE_PREDICT_TASKS and not _is_image(body, lookup) and _is_warm(request.app, body, store):
-        return JSONResponse(predict_tasks(body, settings, store, lookup, models))
+    if len(body.tasks) <= INLINE_PREDICT_TASKS and not _is_image(body, lookup):
+        warm, version = _warm(request.app, body, store)
+        if warm:  # pinned to the version found warm: one published since must not load on the loop
+            return JSONResponse(predict_tasks(body, settings, store, lookup, models, version=version))
     result = await run_in_threadpool(predict_tasks, body, settings, store, lookup, models)
     if "model_version" in result:
         _warm_versions(request.app)[request_project(body)] = result["model_version"]
@@ -222,21 +224,24 @@ def predict_pool(app: Any, settings: Settings) -> PredictPool:
     return pool
 
 
-def _is_warm(app: Any, body: PredictRequest, store: ModelStore) -> bool:
-    """Whether this process already answered a prediction with the project's current version.
+def _warm(app: Any, body: PredictRequest, store: ModelStore) -> tuple[bool, str | None]:
+    """(whether the prediction may run on the event loop, the version it must use).
 
-    The first one reads the version's model (skops, ~0.1-0.3 s) and whatever the model loads on
-    first use (the text embedder's weights: 0.8 s of event loop in bench_load), so it runs in a
-    thread. Every cycle publishes a version: inline, each would stall /health once per cycle per
-    HTTP process."""
+    Only once this process has answered a prediction with the project's current version: the
+    first one reads the version's model (skops, ~0.1-0.3 s) and whatever the model loads on first
+    use (the text embedder's weights: 0.8 s of event loop in bench_load), so it runs in a thread.
+    Every cycle publishes a version: inline, each would stall /health once per cycle per HTTP
+    process. The caller predicts with the version returned, not with CURRENT read again: in
+    bench_load a version was published every ~1.2 s, and a request that read CURRENT between
+    this check and its prediction loaded the new model on the event loop."""
     try:
         project = request_project(body)
         version = store.current(project)
         if version is None:
-            return True  # no model: an empty answer, nothing to load
-        return not store.needs_load(project, version) and _warm_versions(app).get(project) == version
+            return True, None  # no model: an empty answer, nothing to load
+        return not store.needs_load(project, version) and _warm_versions(app).get(project) == version, version
     except (ApiError, StoreError):
-        return True  # predict_tasks answers the same error
+        return True, None  # predict_tasks answers the same error
 
 
 def _warm_versions(app: Any) -> dict[int, str]:
@@ -258,8 +263,11 @@ def predict_tasks(
     store: ModelStore,
     lookup: ProjectLookup,
     models: ModelRegistry | None = None,
+    version: str | None = None,
 ) -> dict[str, Any]:
-    """The body of `/predict`'s answer; every entry is [] before the project's first model."""
+    """The body of `/predict`'s answer; every entry is [] before the project's first model.
+
+    ``version``: predict with this version of the project's model instead of its current one."""
     if not body.tasks:
         raise ApiError(400, "tasks must not be empty", "tasks")
     if len(body.tasks) > settings.max_tasks:
@@ -274,7 +282,7 @@ def predict_tasks(
             raise ApiError(400, str(exc).strip("'\""), f"tasks[{i}].data.{spec.data_key}") from None
     registry = models or ModelRegistry()
     try:
-        loaded = store.load(project, lambda path: registry.load_version(path, spec))
+        loaded = store.load(project, lambda path: registry.load_version(path, spec), version)
     except ModelError as exc:
         # The current version's model cannot be read (a plugin no longer registered, an artifact of
         # an earlier release): no pre-annotation, as before the first model; the next cycle retrains.
