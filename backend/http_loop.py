@@ -27,8 +27,14 @@ import uvloop
 
 log = logging.getLogger(__name__)
 
+#: the bytes to send for a new connection whose pending bytes are these, or None: the app answers
+QuickAnswer = Callable[[bytes], "bytes | None"]
+
 #: connections accepted per readiness of the listening socket (asyncio accepts up to its backlog)
 ACCEPT_BATCH = 2048
+#: bytes of a new connection's pending request shown to the loop's `quick_answer` (a health
+#: check's request is ~200)
+PEEK_BYTES = 4096
 #: seconds to stop accepting after the process ran out of file descriptors (asyncio's own delay)
 ACCEPT_RETRY_DELAY = 1.0
 #: errors of accept() that mean "out of resources": wait, then accept again (as asyncio does)
@@ -71,6 +77,9 @@ class BatchAcceptServer:
                 self._loop.remove_reader(self._sock.fileno())
                 self._loop.call_later(ACCEPT_RETRY_DELAY, self._resume)
                 return
+            quick = getattr(self._loop, "quick_answer", None)
+            if quick is not None and _answered(conn, quick):
+                continue
             task = self._loop.create_task(self._connect(conn))
             self._connecting.add(task)
             task.add_done_callback(self._connecting.discard)
@@ -102,8 +111,35 @@ class BatchAcceptServer:
             await asyncio.wait(self._connecting)
 
 
+def _answered(conn: socket.socket, quick: QuickAnswer) -> bool:
+    """Whether `quick` answered the request pending on the new connection `conn` (then closed)."""
+    try:
+        head = conn.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except OSError:
+        return False  # nothing has arrived yet, or the client is gone: the transport finds out
+    try:
+        response = quick(head) if head else None
+    except Exception:
+        log.exception("the quick answer failed; the app answers instead")
+        return False
+    if response is None:
+        return False
+    try:
+        conn.recv(len(head), socket.MSG_DONTWAIT)  # consumed: a close with unread bytes would reset
+        conn.send(response, socket.MSG_DONTWAIT)  # a few hundred bytes into an empty send buffer
+    except OSError:
+        pass  # the client is gone
+    conn.close()
+    return True
+
+
 class BatchAcceptLoop(uvloop.Loop):
-    """uvloop, whose plain TCP servers accept every waiting connection per iteration."""
+    """uvloop, whose plain TCP servers accept every waiting connection per iteration.
+
+    `quick_answer`, when set (the app's lifespan sets it: backend.server.quick), sees each new
+    connection's pending bytes and may answer the request there, before any transport exists."""
+
+    quick_answer: QuickAnswer | None = None
 
     async def create_server(  # type: ignore[override]
         self,

@@ -482,9 +482,11 @@ class RequestMetrics:
             if scope.get("lsal.client_gone"):
                 status = 499  # client closed the request (nginx's code): no answer was possible
             seconds = time.perf_counter() - start
-            route = route_template(scope, self.routes)
-            method = scope.get("method", "GET")
-            method = method if method in _METHODS else "other"
-            self.metrics.observe_request(route, method, status, seconds)
-            level = logging.WARNING if status >= 500 else logging.INFO
-            http_log.log(level, "method=%s route=%s status=%d ms=%.1f", method, route, status, seconds * 1000)
+            self.note(route_template(scope, self.routes), scope.get("method", "GET"), status, seconds)
+
+    def note(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count and log one answered request (also those answered before the app: backend.server.quick)."""
+        method = method if method in _METHODS else "other"
+        self.metrics.observe_request(route, method, status, seconds)
+        level = logging.WARNING if status >= 500 else logging.INFO
+        http_log.log(level, "method=%s route=%s status=%d ms=%.1f", method, route, status, seconds * 1000)

@@ -142,3 +142,49 @@ class _Wrapped:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
+
+
+def test_quick_answer_sees_pending_bytes_and_answers_before_any_transport() -> None:
+    """A connection whose pending bytes `quick_answer` answers gets that answer and is closed, with
+    no protocol made; one it declines, or one with nothing sent yet, goes to the protocol whole."""
+    seen: list[bytes] = []
+
+    def quick(head: bytes) -> bytes | None:
+        seen.append(head)
+        return b"pong" if head == b"ping" else None
+
+    async def scenario() -> tuple[bytes, bytes, bytes, int]:
+        Counting.made = []
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, BatchAcceptLoop)
+        loop.quick_answer = quick
+        server = await loop.create_server(Counting, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        answered = socket.create_connection(("127.0.0.1", port))
+        declined = socket.create_connection(("127.0.0.1", port))
+        silent = socket.create_connection(("127.0.0.1", port))
+        answered.sendall(b"ping")  # sent while the loop is blocked: pending when it accepts
+        declined.sendall(b"echo")
+        for c in (answered, declined, silent):
+            c.settimeout(10)
+        got_answer = await loop.run_in_executor(None, _read_until_closed, answered)
+        got_echo = await loop.run_in_executor(None, declined.recv, 4)
+        silent.sendall(b"late")
+        got_late = await loop.run_in_executor(None, silent.recv, 4)
+        made = len(Counting.made)
+        for c in (answered, declined, silent):
+            c.close()
+        server.close()
+        return got_answer, got_echo, got_late, made
+
+    got_answer, got_echo, got_late, made = _run(scenario(), BatchAcceptLoop)
+    assert (got_answer, got_echo, got_late) == (b"pong", b"echo", b"late")
+    assert made == 2  # the declined and the silent connection
+    assert sorted(seen) == [b"echo", b"ping"]  # the silent one had nothing to show
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(1024):
+        data += chunk
+    return data

@@ -7,6 +7,7 @@ Guard, measured and logged). Every client error is a 4xx JSON body `{"error": ".
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -19,12 +20,14 @@ from starlette.routing import BaseRoute
 
 from backend import __version__
 from backend.config import ProjectConfig, Settings
+from backend.http_loop import BatchAcceptLoop
 from backend.jobs import Jobs
 from backend.metrics import Metrics, RequestMetrics
 from backend.models import ModelRegistry
 from backend.server import metrics, pipelines, protocol
 from backend.server.deps import ProjectLookup
 from backend.server.guard import Guard
+from backend.server.quick import QuickHealth
 from backend.server.schemas import ApiError, ErrorBody, validation_error_body
 from backend.store import ModelStore
 
@@ -67,7 +70,13 @@ def create_app(settings: Settings, *, redis_url: str | None = None) -> FastAPI:
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    loop = asyncio.get_running_loop()
+    quick: QuickHealth | None = getattr(app.state, "quick_health", None)
+    if quick is not None and isinstance(loop, BatchAcceptLoop):  # `lsal serve`'s loop
+        loop.quick_answer = quick.answer
     yield
+    if isinstance(loop, BatchAcceptLoop):
+        loop.quick_answer = None
     pool = getattr(app.state, "predict_pool", None)
     if pool is not None:  # its processes would otherwise outlive a stopping server
         pool.close()
@@ -77,7 +86,10 @@ def build_app(settings: Settings | None = None) -> RequestMetrics:
     """The ASGI app as served: the FastAPI app behind the auth/size guard, measured and logged."""
     settings = settings or Settings.from_env()
     app = create_app(settings)
-    return RequestMetrics(Guard(app, settings), app.state.metrics, routes=served_routes(app))
+    guard = Guard(app, settings)
+    measured = RequestMetrics(guard, app.state.metrics, routes=served_routes(app))
+    app.state.quick_health = QuickHealth(app, settings, guard, measured)
+    return measured
 
 
 def served_routes(app: FastAPI) -> list[BaseRoute]:

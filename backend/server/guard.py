@@ -93,6 +93,10 @@ class Guard:
 
         await self.app(scope, replay_receive, send)
 
+    def admits(self, path: str, header: bytes) -> bool:
+        """Whether a request for `path` with this Authorization header may be answered."""
+        return self._refusal(path, header) is None
+
     def _refusal(self, path: str | None, header: bytes) -> tuple[dict[str, str], list] | None:
         """The 401 body and extra headers for a request without the credentials its path needs."""
         train = self.trigger is not None and path == TRAIN_PATH

@@ -92,6 +92,11 @@ def root() -> dict[str, str]:
 async def health(request: Request, settings: SettingsDep, connection: RedisDep) -> dict[str, Any]:
     """Always UP while the process serves; Redis and the model store are reported for operators."""
     redis_state = "not configured" if connection is None else await redis_probe(request.app, connection).state()
+    return health_body(settings, redis_state)
+
+
+def health_body(settings: Settings, redis_state: str) -> dict[str, Any]:
+    """The body of `/health`'s answer, given Redis's state (also answered at accept: backend.server.quick)."""
     store_state = "ok" if settings.model_dir.is_dir() or not settings.model_dir.exists() else "not a directory"
     return {
         "status": "UP",
@@ -128,14 +133,19 @@ class RedisProbe:
 
     async def state(self) -> str:
         """ "ok" or "unavailable": the latest PING's answer (about PROBE_INTERVAL s old at most)."""
+        if self.latest() is None and self._task is not None:
+            await asyncio.wait({self._task}, timeout=FIRST_WAIT)
+        return self._state or "unavailable"
+
+    def latest(self) -> str | None:
+        """The latest PING's answer, None before the first; starts a PING when it is stale.
+        Never waits: call it on the event loop."""
         loop = asyncio.get_running_loop()
         if self._task is not None and self._task.get_loop() is not loop:
             self._task = None  # started on an event loop that has ended (a test client's)
         if self._task is None and (self._state is None or time.monotonic() - self._checked >= PROBE_INTERVAL):
             self._task = loop.create_task(self._refresh())
-        if self._task is not None and self._state is None:
-            await asyncio.wait({self._task}, timeout=FIRST_WAIT)
-        return self._state or "unavailable"
+        return self._state
 
     def mark_unavailable(self) -> None:
         """A request just failed on Redis: report it until a PING succeeds again."""
