@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -120,3 +121,23 @@ def mount(router: APIRouter, overrides: dict[Callable[..., Any], Any]) -> TestCl
 def _provider(value: Any) -> Callable[[], Any]:
     # A closure without parameters: FastAPI would read a parameter as a query argument.
     return lambda: value
+
+
+def raw_health(port: int, extra_headers: bytes = b"") -> tuple[list[bytes], bytes]:
+    """One `GET /health` on a new connection, as Label Studio checks: (header lines, body) as sent."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: lsal\r\n" + extra_headers + b"\r\n")
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += sock.recv(65536)
+        head, _, body = received.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        length = next(int(line.split(b":")[1]) for line in lines if line.lower().startswith(b"content-length:"))
+        while len(body) < length:
+            body += sock.recv(65536)
+    return lines, body
+
+
+def answered_at_accept(lines: list[bytes]) -> bool:
+    """Whether a response's header lines are backend.server.quick's (not uvicorn's: no `server`)."""
+    return b"connection: close" in lines and not any(line.lower().startswith(b"server:") for line in lines)

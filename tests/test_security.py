@@ -6,6 +6,7 @@ Docstrings feed docs/reliability.md (scripts/reliability_table.py).
 from __future__ import annotations
 
 import base64
+import json
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ from backend.server import build_app
 from backend.store import ModelStore, StoreError
 from tests.conftest import LsalServer, WorkerProcess, wait_for
 from tests.faultstand import STAGE_CALLS, FaultStand
-from tests.serverkit import set_up
+from tests.serverkit import answered_at_accept, raw_health, set_up
 
 REPO = Path(__file__).resolve().parent.parent
 SPAM_XML = (REPO / "label_config" / "spam.xml").read_text()
@@ -605,6 +606,45 @@ def test_slow_headers_are_cut_off_and_a_client_hanging_up_mid_body_is_no_server_
         server.stop()
     log = server.log()
     assert "Traceback" not in log and "ClientDisconnect" not in log and "status=500" not in log
+
+
+@pytest.mark.integration
+def test_health_on_a_new_connection_is_answered_at_once_behind_a_burst_of_connections(
+    settings: Settings, tmp_path: Path, redis_conn: redis.Redis
+) -> None:
+    """Fault: a burst of 2,000 slowloris connections (half a request line each) opened at once,
+        while Label Studio checks /health on a new connection each time
+    Done: a real `lsal serve` with Basic auth; the burst opened as fast as the kernel completes the
+        handshakes; an authorized /health on a new connection right behind it, and again after
+    Expected: every /health is 200 and answered where its connection is accepted (no uvicorn
+        `server` header, `connection: close`), not after the burst's connections have each had
+        their turns on the event loop; the burst's connections are all accepted, then cut off
+        after HEADER_TIMEOUT
+    Observed: as expected (before: libuv accepted one connection per event-loop iteration and every
+        /health went through the app; in bench_load 13 of 28 polls took over 1 s, some 10 s;
+        with both fixes 0 of 424 and 0 of 490)
+    """
+    from backend.http_protocol import HEADER_TIMEOUT
+
+    s = replace(settings, basic_auth_user="ls", basic_auth_pass=PASSWORD)
+    auth = b"Authorization: Basic " + base64.b64encode(f"ls:{PASSWORD}".encode()) + b"\r\n"
+    server = LsalServer(s, tmp_path / "server.log")
+    held: list[socket.socket] = []
+    try:
+        # Each HTTP process PINGs Redis as it starts; until that answers, /health goes through the app.
+        wait_for(lambda: answered_at_accept(raw_health(server.port, auth)[0]), 10, 0.1, "a /health answered at accept")
+        held = [_half_sent(server.port, b"POST /webhook HTTP/1.1\r\nHost: x\r\nX-Slow: ") for _ in range(2000)]
+        for _ in range(5):
+            lines, body = raw_health(server.port, auth)
+            assert lines[0] == b"HTTP/1.1 200 OK"
+            assert answered_at_accept(lines)
+            assert json.loads(body)["status"] == "UP"
+        wait_for(lambda: all(_closed_by_server(c) for c in held), HEADER_TIMEOUT + 15, 0.5, "the burst cut off")
+    finally:
+        for c in held:
+            c.close()
+        server.stop()
+    assert "Traceback" not in server.log()
 
 
 def test_a_body_that_trickles_in_is_answered_408(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -71,6 +71,8 @@ def create_app(settings: Settings, *, redis_url: str | None = None) -> FastAPI:
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
+    if app.state.redis is not None:  # the first PING now: /health has an answer from the start
+        protocol.redis_probe(app, app.state.redis).latest()
     quick: QuickHealth | None = getattr(app.state, "quick_health", None)
     if quick is not None and isinstance(loop, BatchAcceptLoop):  # `lsal serve`'s loop
         loop.quick_answer = quick.answer
