@@ -35,6 +35,10 @@ ACCEPT_BATCH = 2048
 #: bytes of a new connection's pending request shown to the loop's `quick_answer` (a health
 #: check's request is ~200)
 PEEK_BYTES = 4096
+#: seconds the kernel holds a new connection until its first bytes arrive (Linux TCP_DEFER_ACCEPT,
+#: nginx's `listen ... deferred`): a connection reaches the loop with its request to look at, and
+#: one that sends nothing never takes a place in the loop
+DEFER_ACCEPT_SECONDS = 10
 #: seconds to stop accepting after the process ran out of file descriptors (asyncio's own delay)
 ACCEPT_RETRY_DELAY = 1.0
 #: errors of accept() that mean "out of resources": wait, then accept again (as asyncio does)
@@ -58,6 +62,8 @@ class BatchAcceptServer:
     def start(self, backlog: int) -> None:
         """Listen (again: uvicorn's supervisor binds the socket, the worker listens) and accept."""
         self._sock.setblocking(False)
+        if hasattr(socket, "TCP_DEFER_ACCEPT"):  # Linux
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_ACCEPT_SECONDS)
         self._sock.listen(backlog)
         self._loop.add_reader(self._sock.fileno(), self._accept)
         self._serving = True

@@ -177,9 +177,10 @@ def test_sigterm_during_a_cycle_stops_everything_within_3_s_and_requeues_it(
         job = requests.post(f"{server}/train", json={"project": 1}, timeout=5).json()["job_id"]
         wait_for(lambda: _state(server, job) == "started", 60, 0.2, "the cycle to start")
         # A request in flight when the stop's grace period ends: uvicorn cancels it. An answered
-        # /health first, so that an HTTP process holds the connection before the signal.
+        # request first, so that an HTTP process holds the connection before the signal (not
+        # /health: that is answered where the connection is accepted, and the connection closed).
         in_flight = socket.create_connection(("127.0.0.1", port), timeout=10)
-        in_flight.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        in_flight.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert _response(in_flight).startswith(b"HTTP/1.1 200 ")
         in_flight.sendall(PREDICT_HEAD + b'{"tasks": [')
         proc.send_signal(signal.SIGTERM)

@@ -7,7 +7,8 @@ task); under bench_load's 200 requests/s plus attacks each iteration lasts tens 
 and /health took 0.2 s at the median and up to 1.25 s, while the app itself answered it in 1 ms.
 
 `lsal serve`'s loop (backend.http_loop) shows each accepted connection's first bytes to
-`QuickHealth` (a peek: nothing is consumed). When they are one whole `GET /health` request and
+`QuickHealth` (a peek: nothing is consumed; the kernel hands a connection over only once its
+first bytes have arrived, TCP_DEFER_ACCEPT). When they are one whole `GET /health` request and
 nothing more, with the credentials the Guard requires, the answer is written at once and the
 connection closed; any other request, a partial one, or a refused one goes through the app as
 before (which then answers the 401). The body is the route's (`protocol.health_body`), Redis's
