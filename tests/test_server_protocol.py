@@ -396,12 +396,8 @@ def test_predict_on_an_image_project_before_its_first_model(client: TestClient) 
     assert_error(client.post("/predict", json=bad), 400, "tasks[0].data.image")
 
 
-def test_a_predict_that_must_read_a_new_model_reads_it_off_the_event_loop(
-    client: TestClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Every cycle publishes a version that each HTTP process must read (skops, ~0.1-0.3 s); on the
-    event loop that stalls /health once per cycle. Broken once: with one-task predictions always
-    inline, the read ran on the loop's thread."""
+def _record_model_reads(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Each model read from now on appends whether it ran on an event loop's thread."""
     loads: list[bool] = []
     original = ModelRegistry.load_version
 
@@ -414,6 +410,16 @@ def test_a_predict_that_must_read_a_new_model_reads_it_off_the_event_loop(
         return original(self, path, spec)
 
     monkeypatch.setattr(ModelRegistry, "load_version", recording)
+    return loads
+
+
+def test_a_predict_that_must_read_a_new_model_reads_it_off_the_event_loop(
+    client: TestClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every cycle publishes a version that each HTTP process must read (skops, ~0.1-0.3 s); on the
+    event loop that stalls /health once per cycle. Broken once: with one-task predictions always
+    inline, the read ran on the loop's thread."""
+    loads = _record_model_reads(monkeypatch)
     version = publish_spam_model(settings)
     for _ in range(2):
         resp = client.post("/predict", json=predict_body(["win cash now"]))
@@ -428,18 +434,7 @@ def test_a_version_published_while_an_inline_predict_runs_is_not_read_on_the_eve
     prediction (every ~1.2 s in bench_load): the prediction uses the version found warm, and the
     new one is read by a later request, off the event loop. Broken once: the prediction read
     CURRENT again and loaded the new model on the loop (skops, ~0.1-0.3 s of stalled /health)."""
-    loads: list[bool] = []
-    original = ModelRegistry.load_version
-
-    def recording(self: ModelRegistry, path: Path, spec: Any) -> Any:
-        try:
-            asyncio.get_running_loop()
-            loads.append(True)
-        except RuntimeError:
-            loads.append(False)
-        return original(self, path, spec)
-
-    monkeypatch.setattr(ModelRegistry, "load_version", recording)
+    loads = _record_model_reads(monkeypatch)
     first = publish_spam_model(settings)
     assert client.post("/predict", json=predict_body(["win cash now"])).json()["results"][0]["model_version"] == first
     published: list[str] = []
