@@ -51,7 +51,9 @@ class BatchAcceptServer:
     Stands in for the `asyncio.Server` that `loop.create_server` returns, as far as uvicorn uses
     one: `sockets`, `close()`, `wait_closed()`, `is_serving()`."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, protocol_factory: Callable[[], Any], sock: socket.socket):
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, protocol_factory: Callable[[], Any], sock: socket.socket
+    ) -> None:
         self._loop = loop
         self._factory = protocol_factory
         self._sock = sock
