@@ -631,7 +631,7 @@ def test_health_on_a_new_connection_is_answered_at_once_behind_a_burst_of_connec
     server = LsalServer(s, tmp_path / "server.log")
     held: list[socket.socket] = []
     try:
-        # Each HTTP process PINGs Redis as it starts; until that answers, /health goes through the app.
+        # Each HTTP process PINGs Redis before it serves, so every /health it accepts is answered there.
         wait_for(lambda: answered_at_accept(raw_health(server.port, auth)[0]), 10, 0.1, "a /health answered at accept")
         held = [_half_sent(server.port, b"POST /webhook HTTP/1.1\r\nHost: x\r\nX-Slow: ") for _ in range(2000)]
         for _ in range(5):

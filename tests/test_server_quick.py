@@ -146,7 +146,7 @@ def test_lsal_serve_answers_health_at_accept_and_everything_else_through_the_app
     auth = b"Authorization: Basic " + base64.b64encode(f"ls:{PASSWORD}".encode()) + b"\r\n"
     server = LsalServer(s, tmp_path / "server.log")
     try:
-        # Each HTTP process PINGs Redis as it starts; until that answers, /health goes through the app.
+        # Each HTTP process PINGs Redis before it serves, so every /health it accepts is answered there.
         wait_for(lambda: answered_at_accept(raw_health(server.port, auth)[0]), 10, 0.1, "a /health answered at accept")
         for lines, body in [raw_health(server.port, auth) for _ in range(4)]:
             assert lines[0] == b"HTTP/1.1 200 OK"

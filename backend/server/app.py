@@ -71,8 +71,10 @@ def create_app(settings: Settings, *, redis_url: str | None = None) -> FastAPI:
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
-    if app.state.redis is not None:  # the first PING now: /health has an answer from the start
-        protocol.redis_probe(app, app.state.redis).latest()
+    if app.state.redis is not None:
+        # The first PING before this process serves (at most FIRST_WAIT): every /health it then
+        # accepts has Redis's state at hand, and can be answered at accept (backend.server.quick).
+        await protocol.redis_probe(app, app.state.redis).state()
     quick: QuickHealth | None = getattr(app.state, "quick_health", None)
     if quick is not None and isinstance(loop, BatchAcceptLoop):  # `lsal serve`'s loop
         loop.quick_answer = quick.answer
