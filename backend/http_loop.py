@@ -51,9 +51,7 @@ class BatchAcceptServer:
     Stands in for the `asyncio.Server` that `loop.create_server` returns, as far as uvicorn uses
     one: `sockets`, `close()`, `wait_closed()`, `is_serving()`."""
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, protocol_factory: Callable[[], Any], sock: socket.socket
-    ) -> None:
+    def __init__(self, loop: BatchAcceptLoop, protocol_factory: Callable[[], Any], sock: socket.socket) -> None:
         self._loop = loop
         self._factory = protocol_factory
         self._sock = sock
@@ -85,7 +83,7 @@ class BatchAcceptServer:
                 self._loop.remove_reader(self._sock.fileno())
                 self._loop.call_later(ACCEPT_RETRY_DELAY, self._resume)
                 return
-            quick = getattr(self._loop, "quick_answer", None)
+            quick = self._loop.quick_answer
             if quick is not None and _answered(conn, quick):
                 continue
             task = self._loop.create_task(self._connect(conn))
