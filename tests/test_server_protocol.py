@@ -454,6 +454,29 @@ def test_a_version_published_while_an_inline_predict_runs_is_not_read_on_the_eve
     assert loads == [False, False]  # both versions read in a worker thread, none on the loop
 
 
+def test_a_first_version_published_while_a_predict_runs_is_not_read_on_the_event_loop(
+    client: TestClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same race before the project's first model: the request finds no version, the worker
+    publishes the first one, and the prediction reads it. Broken once: "no model" ran inline, so
+    that read, one per project per HTTP process, ran on the event loop."""
+    loads = _record_model_reads(monkeypatch)
+    published: list[str] = []
+    current = ModelStore.current
+
+    def publishing_meanwhile(self: ModelStore, project: int) -> str | None:
+        answer = current(self, project)
+        if not published:  # the worker's first publish lands right after the request read CURRENT
+            published.append("publishing")  # publishing reads CURRENT too
+            published[0] = publish_spam_model(settings)
+        return answer
+
+    monkeypatch.setattr(ModelStore, "current", publishing_meanwhile)
+    result = client.post("/predict", json=predict_body(["win cash now"])).json()["results"][0]
+    assert result["model_version"] == published[0]
+    assert loads == [False]
+
+
 def test_the_first_predict_with_a_cached_version_runs_off_the_event_loop(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -248,7 +248,8 @@ def _warm(app: Any, body: PredictRequest, store: ModelStore) -> tuple[bool, str 
         project = request_project(body)
         version = store.current(project)
         if version is None:
-            return True, None  # no model: an empty answer, nothing to load
+            # In a thread: a first version published after this read would be loaded there.
+            return False, None
         return not store.needs_load(project, version) and _warm_versions(app).get(project) == version, version
     except (ApiError, StoreError):
         return True, None  # predict_tasks answers the same error
