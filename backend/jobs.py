@@ -66,13 +66,46 @@ ENQUEUE_GRACE = 10
 #: seconds to wait for such a job to reach the queue (an enqueue takes about a millisecond)
 ENQUEUE_SETTLE = 0.25
 
-_DONE = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
+_DONE = {s.value for s in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)}
 
 # Compare-and-delete: clear the queued marker only if it still names this job.
 _CLEAR_IF_OURS = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
+
+# The state of the job `id` in one round trip: its RQ status, and whether a "queued" job's id is in
+# its queue's list (RQ's layout: a hash rq:job:<id>, a list rq:queue:<origin>). ARGV[1] and ARGV[2]
+# are those two key prefixes.
+_JOB_STATE = """
+local job = redis.call('hmget', ARGV[1] .. id, 'status', 'origin')
+local listed = 0
+if job[1] == 'queued' and job[2] and redis.call('lpos', ARGV[2] .. job[2], id) then listed = 1 end
+"""
+# Set the marker KEYS[1] to a new job id (ARGV[3], for ARGV[4] seconds), or else name the job it
+# holds and that job's state: a webhook that joins a queued cycle costs one round trip here, not four.
+_MARK_OR_JOIN = (
+    "if redis.call('set', KEYS[1], ARGV[3], 'NX', 'EX', ARGV[4]) then return {1} end\n"
+    "local id = redis.call('get', KEYS[1])\n" + _JOB_STATE + "return {0, id, job[1], listed}"
+)
+_STATE_OF = "local id = ARGV[3]\n" + _JOB_STATE + "return {job[1], listed}"
+_KEY_PREFIXES = (Job.redis_job_namespace_prefix, Queue.redis_queue_namespace_prefix)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _live(status: bytes | str | None, listed: int) -> bool:
+    """Whether a job with this RQ status (None: no such job) will still run. A "queued" job whose id
+    is not in its queue's list (`listed` 0) will not: a worker moved it to RQ's intermediate list
+    and lost the reply (Redis restarted mid-dequeue); joining it would drop the event."""
+    if status is None:
+        return False
+    state = _text(status)
+    if state == JobStatus.QUEUED.value:
+        return bool(listed)
+    return state not in _DONE
 
 
 def low_queue_name(queue_name: str) -> str:
@@ -122,6 +155,8 @@ class Jobs:
         )
         # A queued marker outlives any job that could still be waiting behind it.
         self.marker_ttl = job_timeout * 4
+        self._mark_or_join = connection.register_script(_MARK_OR_JOIN)
+        self._state_of = connection.register_script(_STATE_OF)
 
     def key(self, project: int, name: str) -> str:
         """The Redis key of one of a project's markers, under the queue's prefix."""
@@ -187,7 +222,8 @@ class Jobs:
         marker = self.key(project, marker_name)
         for _ in range(3):
             job_id = uuid.uuid4().hex
-            if self.redis.set(marker, job_id, nx=True, ex=self.marker_ttl):
+            reply = self._mark_or_join(keys=[marker], args=[*_KEY_PREFIXES, job_id, self.marker_ttl])
+            if reply[0] == 1:
                 try:
                     (queue or self.queue).enqueue_call(
                         func,
@@ -204,11 +240,8 @@ class Jobs:
                     self.redis.eval(_CLEAR_IF_OURS, 1, marker, job_id)
                     raise
                 return Enqueued(job_id, True)
-            existing = self.redis.get(marker)
-            if existing is None:
-                continue  # cleared between SET and GET: the worker took it; try again
-            existing_id = existing.decode() if isinstance(existing, bytes) else str(existing)
-            if self._is_live(existing_id) or self._being_enqueued(marker, existing_id):
+            existing_id = _text(reply[1])
+            if _live(reply[2], reply[3]) or self._being_enqueued(marker, existing_id):
                 return Enqueued(existing_id, False)
             # A marker left behind by a job that no longer waits (its worker died before clearing it).
             self.redis.eval(_CLEAR_IF_OURS, 1, marker, existing_id)
@@ -265,20 +298,33 @@ class Jobs:
         """Remember which tasks' annotations changed (or that every label must be read: ``full``)
         for the project's next cycle. Called before the cycle is requested, so the cycle that runs
         after this event sees the hint (see take_label_hints)."""
+        self._note_labels(project, tasks, full, 0)
+
+    def _note_labels(self, project: int, tasks: Iterable[int], full: bool, count: int) -> int:
+        """Note label hints and add `count` to the project's pending annotations, in one round trip
+        inside the webhook's budget (past MAX_TASK_HINTS, a second one says "read all"); returns
+        the pending count (0 when `count` is 0)."""
         ids = [int(i) for i in tasks]
         keys = [self.key(project, n) for n in ("labels_changed", "labels_full")]
-        if not full and ids:
-            # One round trip inside the webhook's budget; past the bound, a second one says "read all".
-            pipe = self.redis.pipeline(transaction=True)
+        pipe = self.redis.pipeline(transaction=True)
+        if full:
+            self._read_all(pipe, keys)
+        elif ids:
             pipe.sadd(keys[0], *ids)
             pipe.expire(keys[0], self.marker_ttl)
             pipe.scard(keys[0])
-            full = int(pipe.execute()[-1]) > MAX_TASK_HINTS
-        if full:
+        if count:
+            pipe.incrby(self.key(project, "pending"), count)
+        replies = pipe.execute()
+        if not full and ids and int(replies[2]) > MAX_TASK_HINTS:
             pipe = self.redis.pipeline(transaction=True)
-            pipe.set(keys[1], 1, ex=self.marker_ttl)
-            pipe.delete(keys[0])  # the ids are no use once everything is read
+            self._read_all(pipe, keys)
             pipe.execute()
+        return int(replies[-1]) if count else 0
+
+    def _read_all(self, pipe: Any, keys: list[str]) -> None:
+        pipe.set(keys[1], 1, ex=self.marker_ttl)
+        pipe.delete(keys[0])  # the ids are no use once everything is read
 
     def take_label_hints(self, project: int) -> LabelHints:
         """Take (read and clear) the label hints, atomically. The cycle calls it after claiming its
@@ -325,9 +371,13 @@ class Jobs:
         )
         return int(self.redis.delete(*(self.key(project, n) for n in names)))
 
-    def note_annotations(self, project: int, count: int, every: int) -> Enqueued | None:
-        """Count new annotations; start a cycle once `every` have arrived since the last one."""
-        pending = int(self.redis.incrby(self.key(project, "pending"), count))
+    def note_annotations(
+        self, project: int, count: int, every: int, tasks: Iterable[int] = (), *, full: bool = False
+    ) -> Enqueued | None:
+        """Count `count` new annotations, noting their tasks as label hints first (as
+        note_label_hints, in the same round trip); start a cycle once `every` have arrived since
+        the last one."""
+        pending = self._note_labels(project, tasks, full, count)
         if pending >= every:
             return self.request_cycle(project, "annotations")
         return None
@@ -382,19 +432,8 @@ class Jobs:
         return False
 
     def _is_live(self, job_id: str) -> bool:
-        try:
-            job = Job.fetch(job_id, connection=self.redis, serializer=SERIALIZER)
-        except NoSuchJobError:
-            return False
-        status = job.get_status(refresh=False)
-        if (
-            status == JobStatus.QUEUED
-            and self.redis.lpos(Queue.redis_queue_namespace_prefix + job.origin, job_id) is None
-        ):
-            # "queued" but not in the queue: a worker moved it to RQ's intermediate list and lost the
-            # reply (Redis restarted mid-dequeue). Nobody will run it; joining it would drop the event.
-            return False
-        return status not in _DONE
+        status, listed = self._state_of(keys=[], args=[*_KEY_PREFIXES, job_id])
+        return _live(status, listed)
 
     def status(self, job_id: str) -> dict[str, Any] | None:
         """A job's state, stage, progress and error for `GET /jobs/{id}`; None if there is no such job."""

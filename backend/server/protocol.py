@@ -383,11 +383,12 @@ def handle_event(body: dict[str, Any], settings: Settings, lookup: ProjectLookup
     # Which tasks changed, skips included (a skipped task leaves the pool): a hint the next cycle
     # reads from Label Studio (backend/labels.py). Noted before the cycle is requested.
     changed = annotation_task_ids(body, action)
-    queue.note_label_hints(project, changed or (), full=changed is None)
     count = count_annotations(body, action)
     if count == 0:
+        queue.note_label_hints(project, changed or (), full=changed is None)
         return {"status": "ignored", "action": action}
-    enq = queue.note_annotations(project, count, lookup.config(project).retrain_every)
+    every = lookup.config(project).retrain_every
+    enq = queue.note_annotations(project, count, every, changed or (), full=changed is None)
     if enq is None:
         return {"status": "counted", "action": action}
     return enqueued(action, enq)
