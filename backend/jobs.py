@@ -79,6 +79,11 @@ return 0
 # are those two key prefixes.
 _JOB_STATE = """
 local job = redis.call('hmget', ARGV[1] .. id, 'status', 'origin')
+if redis.call('hexists', ARGV[1] .. id, 'data') == 0 then
+  job[1] = false  -- no such job, as for RQ's Job.fetch
+elseif not job[1] then
+  job[1] = 'created'  -- saved without a status: RQ reads it as created
+end
 local listed = 0
 if job[1] == 'queued' and job[2] and redis.call('lpos', ARGV[2] .. job[2], id) then listed = 1 end
 """
@@ -157,6 +162,7 @@ class Jobs:
         self.marker_ttl = job_timeout * 4
         self._mark_or_join = connection.register_script(_MARK_OR_JOIN)
         self._state_of = connection.register_script(_STATE_OF)
+        self._clear_if_ours = connection.register_script(_CLEAR_IF_OURS)
 
     def key(self, project: int, name: str) -> str:
         """The Redis key of one of a project's markers, under the queue's prefix."""
@@ -237,14 +243,14 @@ class Jobs:
                         retry=Retry(max=3, interval=[5, 30, 120]),
                     )
                 except Exception:
-                    self.redis.eval(_CLEAR_IF_OURS, 1, marker, job_id)
+                    self._clear_if_ours(keys=[marker], args=[job_id])
                     raise
                 return Enqueued(job_id, True)
             existing_id = _text(reply[1])
             if _live(reply[2], reply[3]) or self._being_enqueued(marker, existing_id):
                 return Enqueued(existing_id, False)
             # A marker left behind by a job that no longer waits (its worker died before clearing it).
-            self.redis.eval(_CLEAR_IF_OURS, 1, marker, existing_id)
+            self._clear_if_ours(keys=[marker], args=[existing_id])
         raise RuntimeError(f"could not queue a {meta.get('kind')} job for project {project}: the marker kept changing")
 
     # -- task hints ----------------------------------------------------------------------------
@@ -384,7 +390,7 @@ class Jobs:
 
     def claim(self, project: int, job_id: str, marker_name: str = "queued") -> None:
         """Called by the worker when a job starts: later events queue a follow-up."""
-        self.redis.eval(_CLEAR_IF_OURS, 1, self.key(project, marker_name), job_id)
+        self._clear_if_ours(keys=[self.key(project, marker_name)], args=[job_id])
 
     def project_lock(self, project: int) -> Any:
         """A short-lived lock that its holder keeps alive (backend.worker.held): a SIGKILLed worker's

@@ -52,13 +52,14 @@ def test_an_annotation_that_joins_a_queued_cycle_costs_two_round_trips(
     queued = jobs.note_annotations(12, 1, every=1, tasks=[3])
     assert queued is not None and queued.created
     sent: list[bytes] = []
-    send = redis.connection.Connection.send_packed_command
+    connection_class = jobs.redis.connection_pool.connection_class  # TCP or the embedded Redis's socket
+    send = connection_class.send_packed_command
 
-    def recording(self: redis.connection.Connection, command: Any, check_health: bool = True) -> None:
+    def recording(self: Any, command: Any, check_health: bool = True) -> None:
         sent.append(b"".join(command) if isinstance(command, list) else command)
         send(self, command, check_health)
 
-    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", recording)
+    monkeypatch.setattr(connection_class, "send_packed_command", recording)
     joined = jobs.note_annotations(12, 2, every=1, tasks=[4, 5])
     assert joined == Enqueued(queued.job_id, False)
     assert len(sent) == 2, sent
@@ -67,6 +68,28 @@ def test_an_annotation_that_joins_a_queued_cycle_costs_two_round_trips(
     assert int(jobs.redis.get(jobs.key(12, "pending"))) == 2  # counted since the cycle was queued
     assert jobs.note_annotations(12, 1, every=9, full=True) is None
     assert jobs.take_label_hints(12) == LabelHints(frozenset(), full=True)
+
+
+def test_a_queued_job_missing_from_its_queue_is_not_joined(jobs: Jobs) -> None:
+    """RQ says "queued" but the id is not in the queue's list (a worker moved it to its intermediate
+    list and lost the reply when Redis restarted): nobody will run it, so the event queues a new one."""
+    lost = jobs.request_cycle(13, "train")
+    jobs.redis.lrem(jobs.queue.key, 0, lost.job_id)
+    again = jobs.request_cycle(13, "annotations")
+    assert again.created and again.job_id != lost.job_id
+    assert jobs.queue.job_ids == [again.job_id]
+    assert jobs.request_cycle(13, "annotations") == Enqueued(again.job_id, False)
+
+
+def test_a_marker_naming_a_job_hash_without_its_data_is_replaced(jobs: Jobs) -> None:
+    """As RQ's Job.fetch, which finds no job without its data: a stray hash holding only a status
+    does not hold the project's cycle back."""
+    first = jobs.request_cycle(14, "train")
+    jobs.redis.hdel(Job.key_for(first.job_id), "data")
+    jobs.redis.hset(Job.key_for(first.job_id), "status", "started")
+    jobs.redis.expire(jobs.key(14, "queued"), jobs.marker_ttl - ENQUEUE_GRACE)  # not being enqueued
+    replaced = jobs.request_cycle(14, "annotations")
+    assert replaced.created and replaced.job_id != first.job_id
 
 
 def test_projects_do_not_coalesce_with_each_other(jobs: Jobs) -> None:
