@@ -382,9 +382,9 @@ class Jobs:
     ) -> Enqueued | None:
         """Count `count` new annotations, noting their tasks as label hints first (as
         note_label_hints, in the same round trip); start a cycle once `every` have arrived since
-        the last one."""
+        the last one. A count of 0 (a skip) notes the hints only."""
         pending = self._note_labels(project, tasks, full, count)
-        if pending >= every:
+        if count and pending >= every:
             return self.request_cycle(project, "annotations")
         return None
 

@@ -231,7 +231,6 @@ def main() -> None:
             runs["webhook_1000x8"].append(percentiles(hammer(f"{base}/webhook", [webhook] * 1000, 8)))
             if use_wrk:
                 runs["webhook_x8_wrk"].append(wrk_latency(f"{base}/webhook", webhook, 8, 5, tmp))
-            if use_wrk:
                 runs["predict_1task_x16"].append(wrk_latency(f"{base}/predict", one[0], 16, 10, tmp))
             else:
                 runs["predict_1task_x16"].append(percentiles(hammer(f"{base}/predict", one, 16)))

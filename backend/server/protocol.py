@@ -384,11 +384,10 @@ def handle_event(body: dict[str, Any], settings: Settings, lookup: ProjectLookup
     # reads from Label Studio (backend/labels.py). Noted before the cycle is requested.
     changed = annotation_task_ids(body, action)
     count = count_annotations(body, action)
-    if count == 0:
-        queue.note_label_hints(project, changed or (), full=changed is None)
-        return {"status": "ignored", "action": action}
     every = lookup.config(project).retrain_every
     enq = queue.note_annotations(project, count, every, changed or (), full=changed is None)
+    if count == 0:
+        return {"status": "ignored", "action": action}  # a skip: its hint only, nothing counted
     if enq is None:
         return {"status": "counted", "action": action}
     return enqueued(action, enq)
